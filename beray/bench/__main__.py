@@ -1,0 +1,32 @@
+"""``python -m beray.bench NAME [--json]``: run a benchmark, print a table (or one JSON object)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m beray.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="name", required=True)
+    d = sub.add_parser("decode", help="clip reader vs a naive reader and the decode bound (one core)")
+    d.add_argument("--videos", type=int, default=3, help="videos per format (default 3)")
+    d.add_argument("--clips", type=int, default=6, help="clips per video (default 6)")
+    for p in (d,):
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+
+    if args.name == "decode":
+        from beray.bench import decode
+
+        res = decode.run(decode.DecodeBench(videos_per_format=args.videos, clips_per_video=args.clips))
+        if args.json:
+            print(json.dumps(res))
+        else:
+            decode.print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

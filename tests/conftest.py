@@ -1,0 +1,99 @@
+"""Shared test data: real encoded videos whose frames carry their own index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beray.data.encode import write_video
+
+BITS = 8  # frame index encoded in 8 vertical black/white bands: survives lossy codecs
+H, W = 48, 64
+
+
+def index_frame(i: int, h: int = H, w: int = W) -> np.ndarray:
+    """An RGB frame whose bands spell ``i`` in binary (band b white if bit b is set)."""
+    frame = np.zeros((h, w, 3), np.uint8)
+    band = w // BITS
+    for b in range(BITS):
+        if (i >> b) & 1:
+            frame[:, b * band:(b + 1) * band] = 255
+    return frame
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """Read back the index spelled by ``index_frame`` (at any output size)."""
+    w = frame.shape[1]
+    band = w / BITS
+    centre = [frame[:, int((b + 0.3) * band):max(int((b + 0.7) * band), int((b + 0.3) * band) + 1)].mean()
+              for b in range(BITS)]
+    return sum(1 << b for b, v in enumerate(centre) if v > 127)
+
+
+def clip_index(clip: np.ndarray) -> list[int]:
+    return [frame_index(f) for f in clip]
+
+
+def write_indexed(path: Path, n: int, **kw) -> Path:
+    write_video(path, (index_frame(i) for i in range(n)), **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    """100-frame indexed videos in every container/codec beray writes."""
+    d = tmp_path_factory.mktemp("videos")
+    return {
+        "avi": write_indexed(d / "v.avi", 100),
+        "mp4": write_indexed(d / "v.mp4", 100, gop=25),
+        "mkv": write_indexed(d / "v.mkv", 100, gop=10),
+    }
+
+
+# -- official dataset layouts, with real (tiny) videos ----------------------------------
+
+UCF_CLASSES = ["ApplyEyeMakeup", "Basketball", "YoYo"]
+HMDB_CLASSES = ["brush_hair", "cartwheel"]
+
+
+@pytest.fixture(scope="session")
+def tiny_video_bytes(tmp_path_factory) -> dict[str, bytes]:
+    d = tmp_path_factory.mktemp("tiny")
+    return {ext: write_indexed(d / f"t.{ext}", 30, gop=10).read_bytes() for ext in ("avi", "mp4")}
+
+
+def make_ucf101(root: Path, data: dict[str, bytes]) -> dict[str, int]:
+    """UCF101 layout: 3 classes, groups 1-2 test and 3-4 train in split 1, 2 clips a group."""
+    lists, videos = root / "ucfTrainTestlist", root / "UCF-101"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(UCF_CLASSES)))
+    train, test = [], []
+    for i, cls in enumerate(UCF_CLASSES):
+        (videos / cls).mkdir(parents=True)
+        for g in range(1, 5):
+            for c in range(1, 3):
+                rel = f"{cls}/v_{cls}_g{g:02d}_c{c:02d}.avi"
+                (videos / rel).write_bytes(data["avi"])
+                (test.append(rel) if g <= 2 else train.append(f"{rel} {i + 1}"))
+    for n in (1, 2, 3):
+        (lists / f"trainlist0{n}.txt").write_text("\r\n".join(train) + "\r\n")  # the official files use CRLF
+        (lists / f"testlist0{n}.txt").write_text("\r\n".join(test) + "\r\n")
+    return {"train": len(train), "test": len(test)}
+
+
+def make_hmdb51(root: Path, data: dict[str, bytes]) -> dict[str, int]:
+    """HMDB51 layout: 2 classes, 5 videos each tagged train (1), test (2) or unused (0)."""
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True)
+    tags = [1, 1, 2, 0, 1]
+    for cls in HMDB_CLASSES:
+        (root / cls).mkdir()
+        names = [f"{cls}_clip_{k}_u_nm_np1_fr_goo_{k}.avi" for k in range(len(tags))]
+        for name in names:
+            (root / cls / name).write_bytes(data["avi"])
+        for n in (1, 2, 3):
+            rolled = tags[n - 1:] + tags[: n - 1]
+            (splits / f"{cls}_test_split{n}.txt").write_text("".join(f"{nm} {t} \n" for nm, t in zip(names, rolled)))
+    return {"train": 3 * len(HMDB_CLASSES), "test": 1 * len(HMDB_CLASSES)}
