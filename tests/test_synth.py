@@ -23,7 +23,7 @@ def _digest(root):
 def test_same_seed_same_bytes_any_workers(tmp_path):
     a = _digest(generate(tmp_path / "a", SMALL, workers=1, progress=False))
     b = _digest(generate(tmp_path / "b", SMALL, workers=2, progress=False))
-    assert a == b and len(a) == 6 * (4 + 2 + 2) + 5
+    assert a == b and len(a) == 6 * (4 + 2 + 2) + 6  # videos, 3 manifests, classes, json, preview
     c = _digest(generate(tmp_path / "c", SynthConfig(**{**SMALL.__dict__, "seed": 4}), workers=2, progress=False))
     assert c["train.csv"] != a["train.csv"] or any(c[k] != a[k] for k in a if k.endswith(".avi"))
 

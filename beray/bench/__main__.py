@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("decode", help="clip reader vs a naive reader and the decode bound (one core)")
     d.add_argument("--videos", type=int, default=3, help="videos per format (default 3)")
     d.add_argument("--clips", type=int, default=6, help="clips per video (default 6)")
-    for p in (d,):
+    b = sub.add_parser("be", help="vectorised BE vs a per-frame loop and a same-size copy")
+    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    for p in (d, b):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -25,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res))
         else:
             decode.print_table(res)
+    elif args.name == "be":
+        from beray.bench import be
+
+        res = be.run(args.device)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            be.print_table(res)
     return 0
 
 

@@ -1,0 +1,47 @@
+"""Basic augmentation set A (Sec. 3.1, 4.1): temporally consistent crop, rotation, colour jitter, resize.
+
+One draw of parameters per clip, shared by all its frames (torchvision's v2
+transforms treat a ``tv_tensors.Video`` that way); x_o and x_v are two
+independent draws on the same clip, so they are crops at different spatial
+locations. No horizontal flip: it would turn "moving left" into "moving right".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    size: int = 112  # output side: 112 or 224 in the paper
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop
+    rotation: float = 10.0  # at most this many degrees (paper: "less than 10 degrees")
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+
+
+def augment_a(config: AugmentConfig = AugmentConfig()) -> v2.Transform:
+    """The transform for one clip: uint8 ``tv_tensors.Video`` (T, C, H, W) -> uint8 (T, C, size, size)."""
+    return v2.Compose([
+        v2.RandomResizedCrop(config.size, scale=config.crop_scale, antialias=True),
+        v2.RandomRotation(config.rotation),
+        v2.RandomApply([v2.ColorJitter(*config.jitter)], p=config.jitter_p),
+    ])
+
+
+def to_video(clip: np.ndarray | Tensor) -> tv_tensors.Video:
+    """A decoded clip, uint8 (T, H, W, 3) as the reader returns it, as a (T, 3, H, W) video tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(clip)) if isinstance(clip, np.ndarray) else clip
+    return tv_tensors.Video(t.permute(0, 3, 1, 2))
+
+
+def two_views(clip: np.ndarray | Tensor, transform: v2.Transform) -> tuple[Tensor, Tensor]:
+    """x_o and x_v: two independent draws of A on the same clip, uint8 (T, 3, size, size) each."""
+    video = to_video(clip)
+    return transform(video).as_subclass(Tensor), transform(video).as_subclass(Tensor)

@@ -1,0 +1,134 @@
+"""MoCo with Background Erasing positives and hard negatives: Eq. (6) and (7).
+
+Shaped after MoCo's reference ``builder.py``: a query encoder, a momentum key
+encoder, a queue of keys, batch-shuffle BN across ranks. BE changes what the
+positive is and adds one negative:
+
+- query  z_o = phi(f(x_o))            (query encoder, with gradients)
+- positive z_d = phi(f(x_d))          (key encoder; x_d = BE(x_v), Eq. 1)
+- negatives: the queue (other videos, N1 of Eq. 6) and, for Eq. (7), one hard
+  negative per video, z_h = phi(f(x_h)), x_h another clip of the same video with
+  augmentation a^1, through the key encoder (N2).
+
+phi is spatio-temporal max pooling (done by the backbone) and a fully connected
+layer to D = 128, L2-normalised. The paper does not give the temperature, the
+queue size or the momentum: the defaults are MoCo v1's tau = 0.07 and m = 0.999,
+with a 16384-key queue (MoCo's 65536 would hold several keys of each video of a
+UCF101-size dataset).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Projection(nn.Module):
+    """phi: the backbone's max-pooled vector -> FC to ``dim`` -> L2-normalised z."""
+
+    def __init__(self, backbone: nn.Module, dim: int = 128):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, v = self.backbone(x)
+        return F.normalize(self.fc(v), dim=1)
+
+
+class MoCoBE(nn.Module):
+    """MoCo + BE. ``forward(x_o, x_d, x_h)`` returns logits (B, 1 [+ 1] + K) and labels (all 0).
+
+    Cross-entropy of these logits is Eq. (7) with temperature ``tau`` (Eq. (6)
+    when ``hard_negative`` is False or ``x_h`` is None).
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
+                 tau: float = 0.07, hard_negative: bool = True, shuffle_bn: bool = True):
+        super().__init__()
+        self.queue_size, self.momentum, self.tau = queue_size, momentum, tau
+        self.hard_negative, self.shuffle_bn = hard_negative, shuffle_bn
+        self.encoder_q = Projection(backbone, dim)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q."""
+        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: Tensor) -> None:
+        """Write the keys of every rank (gathered, in rank order) over the oldest ones."""
+        keys = concat_all_gather(keys)
+        n, ptr = keys.shape[0], int(self.queue_ptr)
+        slots = (ptr + torch.arange(n, device=keys.device)) % self.queue_size
+        self.queue[:, slots] = keys.T.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % self.queue_size
+
+    @torch.no_grad()
+    def _keys(self, x: Tensor) -> Tensor:
+        """Key-encoder embeddings, BN statistics decorrelated from the query's by a
+        shuffle of the global batch across ranks (a no-op in one process)."""
+        if not (self.shuffle_bn and _world_size() > 1):
+            return self.encoder_k(x)
+        x, idx_unshuffle = _batch_shuffle_ddp(x)
+        return _batch_unshuffle_ddp(self.encoder_k(x), idx_unshuffle)
+
+    def forward(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        q = self.encoder_q(x_o)
+        with torch.no_grad():
+            self._momentum_update_key_encoder()
+            k = self._keys(x_d)
+            h = self._keys(x_h) if self.hard_negative and x_h is not None else None
+        l_pos = (q * k).sum(dim=1, keepdim=True)  # z_o . z_d
+        l_neg = q @ self.queue.clone().detach().to(q.dtype)  # N1: the queue
+        parts = [l_pos, l_neg] if h is None else [l_pos, (q * h).sum(dim=1, keepdim=True), l_neg]  # + N2
+        logits = torch.cat(parts, dim=1) / self.tau
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        self._dequeue_and_enqueue(k)
+        return logits, labels
+
+
+# -- distributed helpers (MoCo's, made device-agnostic so gloo on CPU runs them) ------------
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def concat_all_gather(x: Tensor) -> Tensor:
+    """``x`` of every rank, concatenated in rank order (no gradient flows through)."""
+    if _world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def _batch_shuffle_ddp(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Shuffle the global batch (equal per-rank batches); returns this rank's part and the unshuffle index."""
+    b = x.shape[0]
+    x_all = concat_all_gather(x)
+    idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
+    dist.broadcast(idx_shuffle, src=0)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    rank = dist.get_rank()
+    return x_all[idx_shuffle.view(-1, b)[rank]], idx_unshuffle
+
+
+@torch.no_grad()
+def _batch_unshuffle_ddp(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
+    b = x.shape[0]
+    x_all = concat_all_gather(x)
+    return x_all[idx_unshuffle.view(-1, b)[dist.get_rank()]]

@@ -1,0 +1,141 @@
+"""MoCo + BE, Eq. (6)/(7): hand-checked logits and loss, momentum, queue, and two gloo ranks."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from beray.methods.moco import MoCoBE
+
+
+class Identity2(nn.Module):
+    """A 'backbone' whose feature map is its input (B, 2, 1, 1, 1): z can be set by hand."""
+
+    out_channels = 2
+
+    def forward(self, x):
+        return x, x.flatten(1)
+
+
+class TinyConv(nn.Module):
+    """No BatchNorm: keys do not depend on how the batch is split or shuffled."""
+
+    out_channels = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))
+        return f, f.amax(dim=(2, 3, 4))
+
+
+def _hand_model(hard_negative=True):
+    model = MoCoBE(Identity2(), dim=2, queue_size=3, momentum=0.5, tau=0.5, hard_negative=hard_negative)
+    with torch.no_grad():
+        for enc in (model.encoder_q, model.encoder_k):
+            enc.fc.weight.copy_(torch.eye(2))
+            enc.fc.bias.zero_()
+        model.queue.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]))  # keys (1,0), (0,1), (-1,0)
+    return model
+
+
+def _vec(a, b):
+    return torch.tensor([[a, b]]).view(1, 2, 1, 1, 1)
+
+
+def test_logits_labels_and_loss_by_hand():
+    model = _hand_model()
+    # z_o = (1, 0); z_d = (3, 4) / 5; hard negative z_h = (0, 1)
+    logits, labels = model(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
+    # [z_o.z_d, z_o.z_h, z_o.queue...] / tau = [0.6, 0, 1, 0, -1] / 0.5
+    assert torch.allclose(logits, torch.tensor([[1.2, 0.0, 2.0, 0.0, -2.0]]))
+    assert labels.tolist() == [0]
+    loss = F.cross_entropy(logits, labels)
+    by_hand = -math.log(math.exp(1.2) / (math.exp(1.2) + 1 + math.exp(2) + 1 + math.exp(-2)))
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_hard_negative_is_in_the_denominator():
+    with_h, _ = _hand_model(True)(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
+    without, _ = _hand_model(False)(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))  # Eq. (6)
+    assert without.shape == (1, 4) and with_h.shape == (1, 5)
+    assert torch.allclose(without, with_h[:, [0, 2, 3, 4]])
+    labels = torch.zeros(1, dtype=torch.long)
+    # the extra exp(z_o . z_h / tau) = e^0 term makes Eq. (7)'s loss larger
+    assert F.cross_entropy(with_h, labels) > F.cross_entropy(without, labels)
+
+
+def test_momentum_update():
+    model = MoCoBE(TinyConv(), dim=3, queue_size=8, momentum=0.9)
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.fill_(1.0)
+        for p in model.encoder_k.parameters():
+            p.fill_(0.0)
+    model._momentum_update_key_encoder()
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in model.encoder_k.parameters())
+    assert all(not p.requires_grad for p in model.encoder_k.parameters())
+
+
+def test_queue_pointer_wraps_and_keeps_the_newest_keys():
+    torch.manual_seed(0)
+    model = MoCoBE(TinyConv(), dim=3, queue_size=5)
+    keys = [F.normalize(torch.randn(2, 3), dim=1) for _ in range(3)]
+    ptrs = []
+    for k in keys:
+        model._dequeue_and_enqueue(k)
+        ptrs.append(int(model.queue_ptr))
+    assert ptrs == [2, 4, 1]
+    # slots 0..4 now hold: k3[1], k1[1], k2[0], k2[1], k3[0]  (k1[0] was overwritten by k3[1])
+    expected = torch.stack([keys[2][1], keys[0][1], keys[1][0], keys[1][1], keys[2][0]], dim=1)
+    assert torch.allclose(model.queue, expected)
+
+
+def test_gradients_flow_to_the_query_encoder_only():
+    torch.manual_seed(0)
+    model = MoCoBE(TinyConv(), dim=3, queue_size=8)
+    x = torch.rand(2, 3, 4, 8, 8)
+    logits, labels = model(x, x.flip(-1), x.flip(-2))
+    F.cross_entropy(logits, labels).backward()
+    assert model.encoder_q.backbone.conv.weight.grad.abs().sum() > 0
+    assert model.encoder_k.backbone.conv.weight.grad is None
+
+
+def _rank(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # different initial weights and queues: DDP must broadcast rank 0's
+    model = nn.parallel.DistributedDataParallel(MoCoBE(TinyConv(), dim=3, queue_size=16))
+    x_o, x_d, x_h = (torch.rand(2, 3, 4, 8, 8) for _ in range(3))
+    logits, labels = model(x_o, x_d, x_h)
+    F.cross_entropy(logits, labels).backward()
+    m = model.module
+    with torch.no_grad():
+        own_keys = m.encoder_k(x_d)  # the key encoder has not moved since forward
+    queues = [torch.empty_like(m.queue) for _ in range(world)]
+    keys = [torch.empty_like(own_keys) for _ in range(world)]
+    dist.all_gather(queues, m.queue)
+    dist.all_gather(keys, own_keys)
+    if rank == 0:
+        torch.save({"queues": queues, "keys": keys, "ptr": int(m.queue_ptr)}, out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_share_one_queue_with_both_ranks_keys(tmp_path):
+    out = str(tmp_path / "result.pt")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    res = torch.load(out)
+    q0, q1 = res["queues"]
+    assert torch.equal(q0, q1)  # identical on every rank
+    assert res["ptr"] == 4
+    # slots 0-3 hold rank 0's two keys then rank 1's two keys (batch-shuffled and unshuffled back)
+    assert torch.allclose(q0[:, :4], torch.cat(res["keys"]).T, atol=1e-6)
