@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -36,21 +37,39 @@ def check_video(path: str, decode_all: bool = False) -> str | None:
 
 def check_dataset(index: DatasetIndex, workers: int | None = None, decode_all: bool = False,
                   progress: bool = True) -> CheckReport:
-    """Open every video of ``index`` in ``workers`` processes, with a progress bar."""
+    """Open every video of ``index`` in ``workers`` processes, with a progress bar.
+
+    A file that kills its process (a decoder crash, not an exception) breaks the
+    pool; the files still open then are re-checked one process each, so the
+    culprit is named and the others are still checked.
+    """
     from tqdm import tqdm
 
     paths = sorted({r.path for recs in index.subsets.values() for r in recs})
     report = CheckReport(index)
-    workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(workers) as pool, tqdm(total=len(paths), desc="checking videos", unit="video",
-                                                    disable=not progress) as bar:
-        futures = {pool.submit(check_video, p, decode_all): p for p in paths}
-        for fut in as_completed(futures):
-            reason = fut.result()
-            if reason is not None:
-                report.unreadable[futures[fut]] = reason
-            bar.update()
+    pending = set(paths)
+    with tqdm(total=len(paths), desc="checking videos", unit="video", disable=not progress) as bar:
+        try:
+            with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                futures = {pool.submit(check_video, p, decode_all): p for p in paths}
+                for fut in as_completed(futures):
+                    _record(report, futures[fut], fut.result(), pending, bar)
+        except BrokenProcessPool:
+            for path in sorted(pending):
+                try:
+                    with ProcessPoolExecutor(1) as alone:
+                        reason = alone.submit(check_video, path, decode_all).result()
+                except BrokenProcessPool:
+                    reason = "the decoder crashed the process reading it"
+                _record(report, path, reason, pending, bar)
     return report
+
+
+def _record(report: CheckReport, path: str, reason: str | None, pending: set[str], bar) -> None:
+    if reason is not None:
+        report.unreadable[path] = reason
+    pending.discard(path)
+    bar.update()
 
 
 def print_report(report: CheckReport, out: TextIO) -> None:
