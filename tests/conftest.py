@@ -97,3 +97,41 @@ def make_hmdb51(root: Path, data: dict[str, bytes]) -> dict[str, int]:
             rolled = tags[n - 1:] + tags[: n - 1]
             (splits / f"{cls}_test_split{n}.txt").write_text("".join(f"{nm} {t} \n" for nm, t in zip(names, rolled)))
     return {"train": 3 * len(HMDB_CLASSES), "test": 1 * len(HMDB_CLASSES)}
+
+
+# -- one local Ray instance for the whole test session ---------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray with 2 CPUs and a Prometheus metrics endpoint; yields its address and metrics port."""
+    import ray
+
+    port = _free_port()
+    ctx = ray.init(num_cpus=2, _metrics_export_port=port, include_dashboard=True, log_to_driver=True)
+    yield {"address": ctx.address_info["gcs_address"], "metrics_port": port}
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """BackgroundBias-Synth at 32 px, 12 frames, 2 training videos per class (12 in all)."""
+    from beray.data.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("synth"),
+                    SynthConfig(size=32, frames=12, train_per_class=2, test_per_class=1), workers=1, progress=False)
+
+
+def tiny_overrides(root, storage, name, epochs=2):
+    """cpu-tiny shrunk further: 2 workers, batch 4, 16 px clips of 4 frames."""
+    return [f"data.root={root}", "data.dataset=synth", "data.num_frames=4", "data.decode_size=20",
+            "augment.size=16", "method.queue_size=64", "optim.batch_size=4", f"optim.epochs={epochs}",
+            f"run.storage={storage}", f"run.name={name}", "run.log_every=1", "run.max_failures=2"]

@@ -1,0 +1,229 @@
+"""One typed config for a run: the paper's settings as defaults (Sec. 4.1), named presets,
+YAML files and ``--set a.b=c`` overrides, validated before any work starts.
+
+The same object flows from the CLI to every Ray Train worker (it is plain data).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "synth"  # synth (BackgroundBias-Synth, generated when root is None), ucf101, hmdb51, ...
+    root: str | None = None
+    split: int = Field(1, ge=1, le=3)
+    subset: str = "train"
+    num_frames: int = Field(16, ge=1)  # paper: 16 frames
+    stride: int = Field(4, ge=1)  # paper: temporal stride 4
+    decode_size: int = Field(128, ge=8)  # short side at decode, before the random crop
+    decode_concurrency: int | None = Field(None, ge=1)  # Ray Data decode tasks at once (None: Ray decides)
+    decode_cpus: float = Field(1.0, gt=0)  # CPUs per decode task
+    decode_timeout_s: float = Field(60.0, gt=0)  # a video that takes longer is abandoned as bad
+    prefetch_batches: int = Field(2, ge=0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from beray.data.datasets import DATASETS
+
+        if v.lower() not in ("synth", *DATASETS):
+            raise ValueError(f"unknown dataset {v!r}; allowed: synth, {', '.join(DATASETS)}")
+        return v.lower()
+
+
+class AugmentConfig(_Section):
+    size: int = Field(112, ge=8)  # paper: 112 or 224
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    rotation: float = Field(10.0, ge=0, le=180)  # paper: less than 10 degrees
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+
+
+class BEConfig(_Section):
+    noise: str = "intra_frame"  # Table 4 noise type; intra_frame is Background Erasing
+    gamma: float = Field(0.3, ge=0.0, le=1.0)  # Eq. (1): lam ~ U[0, gamma]; paper 0.3
+    fg_ratio: float = Field(0.3, gt=0.0, le=1.0)  # FAME only: the moving fraction kept as foreground
+
+    @field_validator("noise")
+    @classmethod
+    def _known_noise(cls, v: str) -> str:
+        from beray.augment.be import NOISES
+
+        if v not in NOISES:
+            raise ValueError(f"unknown noise type {v!r}; allowed: {', '.join(NOISES)}")
+        return v
+
+
+class MethodConfig(_Section):
+    name: Literal["moco", "rotnet", "cubic_puzzle", "cop"] = "moco"
+    beta: float = Field(1.0, ge=0.0)  # Eq. (5) weight of the BE term (pretext methods); paper 1
+    dim: int = Field(128, ge=1)  # D of the MoCo projection; paper 128
+    queue_size: int = Field(16384, ge=1)
+    momentum: float = Field(0.999, ge=0.0, le=1.0)
+    tau: float = Field(0.07, gt=0.0)
+    hard_negative: bool = True  # Eq. (7); False gives Eq. (6)
+
+
+class ModelConfig(_Section):
+    backbone: str = "i3d"  # the paper's MoCo+BE backbone (Tables 1, 4)
+    width: float = Field(1.0, gt=0.0)  # channel multiplier; < 1 for tiny CPU models
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from beray.models import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(BACKBONES)}")
+        return v
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(50, ge=1)  # paper: 50
+    batch_size: int = Field(64, ge=1)  # global, over all workers; paper: 64
+    lr: float = Field(0.01, gt=0)  # paper: 0.01, divided by 10 every 10 epochs
+    lr_step: int = Field(10, ge=1)
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD; paper 0.9
+    weight_decay: float = Field(5e-4, ge=0)  # paper 5e-4
+    amp: bool = True  # mixed precision, on GPU workers only
+
+
+class RunConfig(_Section):
+    name: str | None = None  # default: derived from method, noise and time
+    storage: str = "~/beray_results"
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs; what is left feeds the Ray Data pipeline
+    max_failures: int = Field(3, ge=-1)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)  # steps between TensorBoard scalars
+    images_every: int = Field(1, ge=0)  # epochs between x_o / x_d image logs (0: never)
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap, for quick runs
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    be: BEConfig = BEConfig()
+    method: MethodConfig = MethodConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.optim.batch_size % self.run.workers:
+            raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be divisible by run.workers "
+                             f"({self.run.workers})")
+        if self.data.dataset != "synth" and self.data.root is None:
+            raise ValueError(f"data.root is required for dataset {self.data.dataset}")
+        if self.data.root is not None and not Path(self.data.root).expanduser().exists():
+            raise ValueError(f"data.root {self.data.root} does not exist")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # Sec. 4.1 exactly: the defaults above
+    # A few minutes on 2 CPU cores: a tiny R3D-18 on 32 px clips of BackgroundBias-Synth.
+    "cpu-tiny": {
+        "augment": {"size": 32},
+        "method": {"queue_size": 512},
+        "model": {"backbone": "r3d_18", "width": 0.125},
+        "data": {"num_frames": 8, "stride": 2, "decode_size": 40, "decode_cpus": 0.5},
+        "optim": {"epochs": 3, "batch_size": 8, "lr": 0.05, "lr_step": 2, "amp": False},
+        "run": {"workers": 2, "cpus_per_worker": 0.5, "log_every": 5},
+    },
+}
+
+
+class ConfigError(Exception):
+    """A config the user wrote is wrong; the message names the field and what is allowed."""
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set(tree: dict, dotted: str) -> None:
+    """Apply one ``a.b=c`` override; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in dotted:
+        raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE, e.g. be.gamma=0.5")
+    key, raw = dotted.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> Config:
+    """Preset (or the YAML's ``preset:`` key) <- YAML file <- ``--set`` overrides, validated.
+
+    Raises ConfigError with one line per problem, each naming the field.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, be, method, ...)")
+    preset = preset or tree.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    tree = _merge(copy.deepcopy(PRESETS.get(preset or "paper", {})), tree)
+    for item in overrides:
+        _set(tree, item)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+
+
+def format_errors(e: ValidationError) -> str:
+    """One line per problem: the dotted field, what is wrong, what was given or is allowed."""
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key; allowed: {', '.join(_allowed(loc[:-1]))}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        lines.append((f"{field}: " if field else "") + msg + ("" if isinstance(given, dict) else f" (got {given!r})"))
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _allowed(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for name in loc:
+        model = model.model_fields[name].annotation
+    return list(model.model_fields)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

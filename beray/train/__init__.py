@@ -1,0 +1,1 @@
+"""Ray Train: the worker loop (loop.py), checkpoints, monitoring, and ``python -m beray.train``."""

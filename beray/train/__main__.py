@@ -1,0 +1,79 @@
+"""``python -m beray.train [CONFIG] [--set a.b=c ...]``: one pretraining run on Ray.
+
+With no arguments it pretrains the ``cpu-tiny`` preset on BackgroundBias-Synth on
+a local Ray instance. With ``RAY_ADDRESS`` set it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from beray.config import PRESETS, Config, ConfigError, load_config
+
+
+def parse(argv: list[str] | None) -> tuple[Config, str | None]:
+    p = argparse.ArgumentParser(prog="python -m beray.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (sections data, augment, be, method, model, optim, run)")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="base settings (default: cpu-tiny without CONFIG, paper with one)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set be.gamma=0.5 (repeatable)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (run.workers)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (run.gpus_per_worker)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a finished or interrupted run from its directory")
+    args = p.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"run.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        overrides.append(f"run.gpus_per_worker={args.gpus_per_worker}")
+    if args.resume:
+        from beray.train.launch import load_run_config
+
+        run_dir = Path(args.resume).expanduser().resolve()
+        try:
+            base = load_run_config(run_dir).model_dump(mode="json")
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        base["run"]["storage"] = str(run_dir.parent)
+        import yaml
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(base, f)
+        return load_config(f.name, overrides), run_dir.name
+    preset = args.preset or ("paper" if args.config else "cpu-tiny")
+    return load_config(args.config, overrides, preset=preset), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, name = parse(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from beray.train.launch import fit
+
+    print(f"beray: {cfg.method.name} + {cfg.be.noise} (gamma {cfg.be.gamma}) on {cfg.data.dataset}, "
+          f"{cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs, {cfg.run.workers} worker(s)",
+          flush=True)
+    try:
+        info = fit(cfg, name)
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with: python -m beray.train --resume <run dir>", file=sys.stderr)
+        return 130
+    m = info.metrics
+    print(f"\ndone: {m.get('epoch')} epochs, loss {m.get('loss', float('nan')):.4f}, "
+          f"{m.get('clips_per_s', 0):.1f} clips/s, {m['skipped_total']} video(s) skipped")
+    print(f"  checkpoint:  {info.checkpoint}")
+    print(f"  config:      {info.dir / 'config.yaml'}")
+    print(f"  TensorBoard: tensorboard --logdir {info.dir / 'tensorboard'}")
+    print(f"  resume:      python -m beray.train --resume {info.dir} --set optim.epochs=N")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Build and fit the TorchTrainer of one run: Ray Data stream in, checkpoints and logs out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import yaml
+
+from beray.config import Config, to_yaml
+
+
+@dataclass
+class RunInfo:
+    name: str
+    dir: Path  # storage/name: Ray Train's checkpoints, config.yaml, tensorboard/
+    checkpoint: str | None
+    metrics: dict
+
+
+def run_name(cfg: Config) -> str:
+    return cfg.run.name or f"{cfg.method.name}-{cfg.be.noise}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def init_ray(**kwargs) -> None:
+    """Join ``RAY_ADDRESS``'s cluster if set, else start a local instance (no-op when connected)."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True, **kwargs)
+
+
+def fit(cfg: Config, name: str | None = None) -> RunInfo:
+    """Pretrain ``cfg`` with ``cfg.run.workers`` Ray Train workers; resumes when ``name`` has checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from beray.data.pipeline import build_dataset, skipped_videos
+    from beray.train.loop import train_loop_per_worker
+
+    name = name or run_name(cfg)
+    storage = Path(cfg.run.storage).expanduser().resolve()
+    run_dir = storage / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    init_ray()
+    ledger = skipped_videos(name, create=True)  # lives as long as this driver
+    use_gpu = cfg.run.gpus_per_worker > 0
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": cfg.run.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": name,
+                           "log_dir": str(run_dir / "tensorboard")},
+        scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=3)),
+        datasets={"train": build_dataset(cfg, name)},
+    )
+    result = trainer.fit()
+    skipped = ray.get(ledger.all.remote())
+    ray.kill(ledger)
+    metrics = dict(result.metrics or {})
+    metrics["skipped_total"] = len(skipped)
+    return RunInfo(name, run_dir, result.checkpoint.path if result.checkpoint else None, metrics)
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config a run was started with (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a beray run (no config.yaml)")
+    return Config.model_validate(yaml.safe_load(path.read_text()))

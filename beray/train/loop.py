@@ -1,0 +1,103 @@
+"""The Ray Train worker loop: a plain PyTorch loop with Ray only at its edges
+(dataset shard in, ``prepare_model``, ``report`` with a checkpoint out)."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+
+from beray.config import Config
+from beray.data.pipeline import skipped_videos
+from beray.methods.build import build_method, method_loss
+from beray.train.checkpoint import load_state, save_state
+from beray.train.monitor import Monitor
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = Config.model_validate(config["cfg"])
+    run_name = config["run_name"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    device = ray.train.torch.get_device()
+
+    model = ray.train.torch.prepare_model(build_method(cfg))
+    o = cfg.optim
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
+                                weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=o.lr_decay)
+    use_amp = o.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, global_step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_state(d, model, optimizer, scheduler, scaler)
+        start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
+        if rank == 0:
+            print(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})", flush=True)
+    torch.manual_seed(cfg.run.seed + 1000 * start_epoch + rank)  # per-rank randomness from here on
+
+    torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    shard = ray.train.get_dataset_shard("train")
+    per_worker = o.batch_size // world
+    monitor = Monitor(config["log_dir"], run_name, rank, o.epochs, cfg.run.log_every)
+    ledger = skipped_videos(run_name) if rank == 0 else None
+
+    for epoch in range(start_epoch, o.epochs):
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
+                                                drop_last=True))
+        n_steps, loss_sum, wait, t_epoch = 0, 0.0, 0.0, time.perf_counter()
+        while cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            t1 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out = method_loss(model, cfg.method.name, batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = out["loss"].item()  # also waits for the device, so the step time is real
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1}, step {n_steps + 1}; "
+                                         "lower optim.lr or turn off optim.amp")
+            t2 = time.perf_counter()
+            if n_steps == 0 and cfg.run.images_every and epoch % cfg.run.images_every == 0:
+                monitor.images(global_step, batch)
+            wait += t1 - t0
+            loss_sum += loss
+            n_steps += 1
+            global_step += 1
+            monitor.step(epoch, n_steps - 1, global_step, {
+                "loss": loss, "lr": lr, "clips_per_s": world * per_worker / (t2 - t0),
+                "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0),
+                **{k: float(v) for k, v in out.items() if k not in ("loss",)},
+            })
+        if n_steps == 0:
+            raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "
+                               "the data has fewer readable videos than optim.batch_size")
+        scheduler.step()
+        elapsed = time.perf_counter() - t_epoch
+        skipped = ray.get(ledger.drain.remote()) if ledger is not None else {}
+        metrics = {"epoch": epoch + 1, "loss": loss_sum / n_steps, "lr": lr, "steps": n_steps,
+                   "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
+                   "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
+        monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items() if isinstance(v, float)}, skipped)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_state(tmp, model, optimizer, scheduler, scaler, epoch, config["cfg"], global_step)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+    monitor.close()

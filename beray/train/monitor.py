@@ -1,0 +1,72 @@
+"""What a run shows while it trains: TensorBoard (rank 0), Ray metrics (every rank), progress lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ray.util.metrics import Gauge
+
+STARVED = 0.2  # fraction of step time waiting for data above which the loop says so
+
+
+class Monitor:
+    def __init__(self, log_dir: str, run_name: str, rank: int, epochs: int, log_every: int):
+        self.rank, self.epochs, self.log_every = rank, epochs, log_every
+        self.tags = {"run": run_name, "rank": str(rank)}
+        self.writer = None
+        if rank == 0:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir)
+        keys = ("run", "rank")
+        self.gauges = {
+            "clips_per_s": Gauge("beray_clips_per_s", "Training clips per second, per worker", tag_keys=keys),
+            "step_time_s": Gauge("beray_step_time_s", "Seconds per training step", tag_keys=keys),
+            "data_wait_fraction": Gauge("beray_data_wait_fraction", "Fraction of step time waiting for data",
+                                        tag_keys=keys),
+            "loss": Gauge("beray_loss", "Training loss", tag_keys=keys),
+        }
+
+    def step(self, epoch: int, step: int, global_step: int, values: dict[str, float]) -> None:
+        for k, g in self.gauges.items():
+            if k in values:
+                g.set(values[k], tags=self.tags)
+        if self.writer is not None and global_step % self.log_every == 0:
+            for k, v in values.items():
+                self.writer.add_scalar(f"train/{k}", v, global_step)
+            print(f"epoch {epoch + 1}/{self.epochs}  step {step + 1}  loss {values['loss']:.4f}  "
+                  f"lr {values['lr']:.4g}  clips/s {values['clips_per_s']:.1f}  "
+                  f"data wait {100 * values['data_wait_fraction']:.0f}%", flush=True)
+
+    def images(self, global_step: int, batch: dict[str, torch.Tensor]) -> None:
+        """A few frames of the first video's x_o and x_d (uint8 (T, C, H, W)) side by side."""
+        if self.writer is None:
+            return
+        for key in ("x_o", "x_d"):
+            clip = batch[key][0]
+            clip = clip.reshape(-1, *clip.shape[-3:])  # clip-order tuples: their clips one after another
+            picks = np.linspace(0, len(clip) - 1, min(8, len(clip))).round().astype(int)
+            self.writer.add_images(f"clips/{key}", clip[picks].numpy(), global_step, dataformats="NCHW")
+
+    def epoch(self, epoch: int, global_step: int, values: dict[str, float], skipped: dict[str, str]) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+        self.writer.add_scalar("data/skipped_videos", len(skipped), epoch + 1)
+        self.writer.flush()
+        line = (f"epoch {epoch + 1}/{self.epochs} done: loss {values['loss']:.4f}  clips/s "
+                f"{values['clips_per_s']:.1f}  data wait {100 * values['data_wait_fraction']:.0f}%")
+        if skipped:
+            line += f"  skipped {len(skipped)} unreadable video(s): " + "; ".join(
+                f"{p} ({r})" for p, r in sorted(skipped.items()))
+        print(line, flush=True)
+        if values["data_wait_fraction"] > STARVED:
+            print(f"warning: the GPU/CPU waited for data {100 * values['data_wait_fraction']:.0f}% of the step "
+                  "time; give decoding more CPUs (--set data.decode_concurrency=N, data.decode_cpus) or decode "
+                  "smaller frames (--set data.decode_size=...)", flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

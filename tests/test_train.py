@@ -1,0 +1,111 @@
+"""A real pretraining run on a real local Ray: checkpoints, logs, metrics, failures, bad videos."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from conftest import tiny_overrides
+
+from beray.config import load_config
+from beray.tbevents import read_events
+from beray.train.checkpoint import STATE_FILE
+from beray.train.launch import fit
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
+                          *sum((["--set", o] for o in tiny_overrides(tiny_synth, tmp_path, "cli")), [])],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Started a local Ray instance" not in res.stdout + res.stderr  # it joined ours
+    run_dir = tmp_path / "cli"
+    ckpts = _checkpoints(run_dir)
+    assert len(ckpts) == 2
+    state = torch.load(ckpts[-1] / STATE_FILE, weights_only=False)
+    assert state["epoch"] == 1 and {"queue", "queue_ptr"} <= {k.split(".")[-1] for k in state["model"]}
+    assert any(k.startswith("encoder_k.") for k in state["model"]) and "optimizer" in state and "rng" in state
+    events = read_events(run_dir / "tensorboard")
+    for tag in ("train/loss", "train/lr", "train/clips_per_s", "train/data_wait_fraction", "clips/x_o", "clips/x_d"):
+        assert tag in events, tag
+    assert all(v > 0 for _, v in events["train/clips_per_s"])
+    assert len(events["epoch/loss"]) == 2
+    assert f"checkpoint:  {ckpts[-1]}" in res.stdout and "tensorboard --logdir" in res.stdout
+    # the workers' Ray metrics reach the Prometheus endpoint
+    text = ""
+    for _ in range(30):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics").read().decode()
+        if "ray_beray_clips_per_s" in text and "ray_beray_data_wait_fraction" in text:
+            break
+        time.sleep(1)
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("ray_beray_clips_per_s{") and 'run="cli"' in line]
+    assert values and max(values) > 0
+
+
+def _kill_a_worker_once_a_checkpoint_exists(run_dir: Path, killed: list) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and not _checkpoints(run_dir):
+        time.sleep(0.2)
+    time.sleep(0.5)  # into the next epoch
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+        except OSError:
+            continue
+        if pid.isdigit() and "RayTrainWorker" in cmd:
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+            return
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tiny_synth, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path, "kill", epochs=3), preset="cpu-tiny")
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_once_a_checkpoint_exists, args=(tmp_path / "kill", killed))
+    killer.start()
+    info = fit(cfg, "kill")
+    killer.join()
+    assert killed, "no Ray Train worker process was found to kill"
+    assert info.metrics["epoch"] == 3  # ran to the configured end
+    assert info.metrics["resumed_from_epoch"] >= 1  # restarted from a checkpoint, not from scratch
+    assert torch.load(Path(info.checkpoint) / STATE_FILE, weights_only=False)["epoch"] == 2
+
+
+def test_truncated_and_missing_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):
+    rows = (tiny_synth / "train.csv").read_text().splitlines()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    first = tiny_synth / rows[1].split(",")[0]
+    cut = bad / "cut.avi"
+    cut.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+    manifest = ["path,label"] + [f"{tiny_synth / r.split(',')[0]},{r.split(',')[1]}" for r in rows[1:]]
+    manifest += [f"{cut},0", f"{bad / 'missing.avi'},1"]
+    (bad / "train.csv").write_text("\n".join(manifest) + "\n")
+    overrides = tiny_overrides(bad, tmp_path, "skip", epochs=1) + ["data.dataset=manifest"]
+    info = fit(load_config(None, overrides, preset="cpu-tiny"), "skip")
+    assert info.metrics["epoch"] == 1
+    assert info.metrics["skipped_total"] == 2
+    assert sorted(info.metrics["skipped_paths"]) == sorted([str(cut), str(bad / "missing.avi")])
+
+
+def test_bad_config_exits_2_naming_the_field_before_ray_starts(tmp_path):
+    for args, field in ((["--set", "be.gamma=1.5"], "be.gamma"), (["--set", "model.backbone=vgg"], "model.backbone"),
+                        (["--set", "be.noise=salt"], "be.noise"), (["--set", "optim.epoch=3"], "optim.epoch"),
+                        (["--set", "data.dataset=ucf101"], "data.root")):
+        res = subprocess.run([sys.executable, "-m", "beray.train", *args], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+        assert res.returncode == 2, res.stderr
+        assert field in res.stderr and "Traceback" not in res.stderr
