@@ -113,11 +113,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray with 2 CPUs and a Prometheus metrics endpoint; yields its address and metrics port."""
+    import os
+
     import ray
 
+    from beray.train.launch import init_ray
+
     port = _free_port()
-    ctx = ray.init(num_cpus=2, _metrics_export_port=port, include_dashboard=True, log_to_driver=True)
-    yield {"address": ctx.address_info["gcs_address"], "metrics_port": port}
+    os.environ.pop("RAY_ADDRESS", None)
+    info = init_ray(num_cpus=2, _metrics_export_port=port, include_dashboard=True)
+    yield {"address": info["gcs_address"], "metrics_port": port}
     ray.shutdown()
 
 

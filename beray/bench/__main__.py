@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--clips", type=int, default=6, help="clips per video (default 6)")
     b = sub.add_parser("be", help="vectorised BE vs a per-frame loop and a same-size copy")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    for p in (d, b):
+    t = sub.add_parser("train", help="Ray Data + Ray Train vs a DataLoader loop vs the model alone")
+    t.add_argument("--preset", default="cpu-tiny", help="config preset (default cpu-tiny)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
+    for p in (d, b, t):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -35,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res))
         else:
             be.print_table(res)
+    elif args.name == "train":
+        from beray.bench import train
+
+        res = train.run(args.preset, args.overrides, args.epochs)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            train.print_table(res)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Ray Data pipeline: records -> decode + views (Ray tasks) -> noise on batches (x_d) -> Train workers.
+"""Ray Data pipeline: records -> decode, views and noise (x_d) in Ray tasks -> Train workers.
 
 Nothing is materialised: records (paths and labels) are the only thing held
 whole; decoded clips stream through Ray Data's executor, whose backpressure
@@ -12,9 +12,12 @@ run's ``SkippedVideos`` actor, which the training loop drains every epoch.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import ray
 import torch
+from ray.data import RandomSeedConfig
 
 from beray.augment.be import distract
 from beray.augment.spatial import AugmentConfig as AugmentParams
@@ -22,6 +25,9 @@ from beray.config import Config
 from beray.data.datasets import index_dataset
 from beray.data.video import VideoReadError
 from beray.data.views import ViewMaker, ViewSpec, record_row
+
+
+ROWS_PER_BLOCK = 8  # records per decode task
 
 
 @ray.remote(num_cpus=0)
@@ -62,27 +68,45 @@ def view_spec(cfg: Config) -> ViewSpec:
                     AugmentParams(a.size, tuple(a.crop_scale), a.rotation, tuple(a.jitter), a.jitter_p))
 
 
-def decode_views(row: dict, spec: ViewSpec, run_name: str) -> list[dict]:
-    """Ray Data ``flat_map``: one record -> [its views], or [] for an unreadable video (skipped,
-    counted, named)."""
-    record = {**row, "start_frame": row["start_frame"] if row["start_frame"] >= 0 else None,
-              "end_frame": row["end_frame"] if row["end_frame"] >= 0 else None}
-    try:
-        return [ViewMaker(spec)(record)]
-    except VideoReadError as e:
-        from ray.util.metrics import Counter
+def decode_batch(batch: dict[str, np.ndarray], spec: ViewSpec, run_name: str, noise: str, gamma: float,
+                 fg_ratio: float) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches``: records -> their views -> x_d = noise(x_v), in one task.
 
-        Counter("beray_skipped_videos", "Unreadable videos skipped by the data pipeline",
-                tag_keys=("run",)).inc(1, tags={"run": run_name})
-        ledger = skipped_videos(run_name)
-        if ledger is not None:
-            ledger.add.remote(e.path, e.reason)
-        return []
+    An unreadable video is dropped from the batch, counted on the ``beray_skipped_videos``
+    metric and named to the run's ``SkippedVideos`` ledger.
+    """
+    maker = ViewMaker(spec)
+    views = []
+    for i in range(len(batch["path"])):
+        record = {k: batch[k][i] for k in batch}
+        record["path"] = str(record["path"])
+        record["start_frame"] = int(record["start_frame"]) if record["start_frame"] >= 0 else None
+        record["end_frame"] = int(record["end_frame"]) if record["end_frame"] >= 0 else None
+        try:
+            views.append(maker(record))
+        except VideoReadError as e:
+            _skip(run_name, e.path, e.reason)
+    if not views:
+        return {}
+    out = {k: np.stack([v[k] for v in views]) for k in views[0]}
+    return add_noise(out, noise, gamma, fg_ratio)
+
+
+def _skip(run_name: str, path: str, reason: str) -> None:
+    from ray.util.metrics import Counter
+
+    Counter("beray_skipped_videos", "Unreadable videos skipped by the data pipeline",
+            tag_keys=("run",)).inc(1, tags={"run": run_name})
+    ledger = skipped_videos(run_name)
+    if ledger is not None:
+        ledger.add.remote(path, reason)
 
 
 def add_noise(batch: dict[str, np.ndarray], noise: str, gamma: float, fg_ratio: float) -> dict[str, np.ndarray]:
     """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped."""
-    x_v = torch.from_numpy(batch.pop("x_v"))
+    with warnings.catch_warnings():  # Ray hands out read-only arrays; x_v is only read
+        warnings.simplefilter("ignore", UserWarning)
+        x_v = torch.from_numpy(batch.pop("x_v"))
     shape = x_v.shape  # (B, T, C, H, W), or (B, clips, T, C, H, W) for clip order prediction
     flat = x_v.reshape(-1, *shape[-4:])
     options = {"fg_ratio": fg_ratio} if noise == "fame" else {}
@@ -100,10 +124,16 @@ def build_dataset(cfg: Config, run_name: str) -> ray.data.Dataset:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the training loop prints its own progress
     ctx.print_on_execution_start = False
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // 4))
-    ds = ds.random_shuffle()  # metadata only: a new order every epoch
-    ds = ds.flat_map(decode_views, fn_kwargs={"spec": view_spec(cfg), "run_name": run_name},
-                     num_cpus=cfg.data.decode_cpus, concurrency=cfg.data.decode_concurrency)
+    # Shuffle once here, then the order of blocks of ROWS_PER_BLOCK records every epoch (seeded,
+    # reseeded per epoch); the workers' local shuffle buffer mixes rows across blocks. No
+    # all-to-all shuffle of decoded clips, and tasks big enough to amortise their overhead.
+    np.random.default_rng(cfg.run.seed).shuffle(rows)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
+    ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.run.seed, reseed_after_execution=True))
     per_worker = cfg.optim.batch_size // cfg.run.workers
-    return ds.map_batches(add_noise, batch_size=per_worker, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
-                          fn_kwargs={"noise": cfg.be.noise, "gamma": cfg.be.gamma, "fg_ratio": cfg.be.fg_ratio})
+    # One fused operator: decode, views and noise of ``per_worker`` records per call, so the
+    # noises that pair videos (mixup, cutmix, inter_frame, fame) pair them within a batch.
+    return ds.map_batches(decode_batch, batch_size=per_worker, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
+                          concurrency=cfg.data.decode_concurrency,
+                          fn_kwargs={"spec": view_spec(cfg), "run_name": run_name, "noise": cfg.be.noise,
+                                     "gamma": cfg.be.gamma, "fg_ratio": cfg.be.fg_ratio})

@@ -25,10 +25,20 @@ def run_name(cfg: Config) -> str:
     return cfg.run.name or f"{cfg.method.name}-{cfg.be.noise}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def init_ray(**kwargs) -> None:
+# Ray kills worker processes idle for 1 s by default; a decode task's process then pays the
+# imports of torch, torchvision and PyAV again at every epoch (seconds on a small machine).
+# Keep them for 10 minutes. On a cluster: `ray start --system-config=...` (see cluster.yaml).
+SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
+
+
+def init_ray(**kwargs) -> dict:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local instance (no-op when connected)."""
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True, **kwargs)
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            kwargs.setdefault("_system_config", SYSTEM_CONFIG)
+        return ray.init(address=address, log_to_driver=True, **kwargs).address_info
+    return {}
 
 
 def fit(cfg: Config, name: str | None = None) -> RunInfo:
@@ -63,6 +73,7 @@ def fit(cfg: Config, name: str | None = None) -> RunInfo:
     ray.kill(ledger)
     metrics = dict(result.metrics or {})
     metrics["skipped_total"] = len(skipped)
+    metrics["history"] = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
     return RunInfo(name, run_dir, result.checkpoint.path if result.checkpoint else None, metrics)
 
 

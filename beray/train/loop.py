@@ -15,10 +15,11 @@ from beray.config import Config
 from beray.data.pipeline import skipped_videos
 from beray.methods.build import build_method, method_loss
 from beray.train.checkpoint import load_state, save_state
-from beray.train.monitor import Monitor
+from beray.train.monitor import Monitor, say
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict) -> list[dict]:
+    """Train ``config['cfg']`` from its last checkpoint to the last epoch; returns this attempt's epoch metrics."""
     cfg = Config.model_validate(config["cfg"])
     run_name = config["run_name"]
     ctx = ray.train.get_context()
@@ -41,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
             state = load_state(d, model, optimizer, scheduler, scaler)
         start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
         if rank == 0:
-            print(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})", flush=True)
+            say(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
     torch.manual_seed(cfg.run.seed + 1000 * start_epoch + rank)  # per-rank randomness from here on
 
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
@@ -49,6 +50,7 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker = o.batch_size // world
     monitor = Monitor(config["log_dir"], run_name, rank, o.epochs, cfg.run.log_every)
     ledger = skipped_videos(run_name) if rank == 0 else None
+    history = []
 
     for epoch in range(start_epoch, o.epochs):
         model.train()
@@ -93,6 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "loss": loss_sum / n_steps, "lr": lr, "steps": n_steps,
                    "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
                    "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
+        history.append(metrics)
         monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items() if isinstance(v, float)}, skipped)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
@@ -101,3 +104,4 @@ def train_loop_per_worker(config: dict) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
     monitor.close()
+    return history

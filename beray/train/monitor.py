@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
 from ray.util.metrics import Gauge
 
 STARVED = 0.2  # fraction of step time waiting for data above which the loop says so
+
+
+def say(line: str) -> None:
+    """One line to the worker's own stdout, which Ray forwards to the driver once (Ray Train's
+    patched ``print`` would also log it, and the driver would show it twice)."""
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
 
 
 class Monitor:
@@ -35,9 +44,9 @@ class Monitor:
         if self.writer is not None and global_step % self.log_every == 0:
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, global_step)
-            print(f"epoch {epoch + 1}/{self.epochs}  step {step + 1}  loss {values['loss']:.4f}  "
+            say(f"epoch {epoch + 1}/{self.epochs}  step {step + 1}  loss {values['loss']:.4f}  "
                   f"lr {values['lr']:.4g}  clips/s {values['clips_per_s']:.1f}  "
-                  f"data wait {100 * values['data_wait_fraction']:.0f}%", flush=True)
+                  f"data wait {100 * values['data_wait_fraction']:.0f}%")
 
     def images(self, global_step: int, batch: dict[str, torch.Tensor]) -> None:
         """A few frames of the first video's x_o and x_d (uint8 (T, C, H, W)) side by side."""
@@ -61,11 +70,11 @@ class Monitor:
         if skipped:
             line += f"  skipped {len(skipped)} unreadable video(s): " + "; ".join(
                 f"{p} ({r})" for p, r in sorted(skipped.items()))
-        print(line, flush=True)
+        say(line)
         if values["data_wait_fraction"] > STARVED:
-            print(f"warning: the GPU/CPU waited for data {100 * values['data_wait_fraction']:.0f}% of the step "
+            say(f"warning: the GPU/CPU waited for data {100 * values['data_wait_fraction']:.0f}% of the step "
                   "time; give decoding more CPUs (--set data.decode_concurrency=N, data.decode_cpus) or decode "
-                  "smaller frames (--set data.decode_size=...)", flush=True)
+                  "smaller frames (--set data.decode_size=...)")
 
     def close(self) -> None:
         if self.writer is not None:

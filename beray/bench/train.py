@@ -1,0 +1,155 @@
+"""Training throughput: the Ray Data + Ray Train path against what a user would write instead.
+
+Same config (default: the ``cpu-tiny`` preset on BackgroundBias-Synth), same
+files, same reader, augmentation and BE, same global batch per step:
+
+- ray: ``beray.train.launch.fit`` (Ray Data streaming into DDP Ray Train workers).
+- dataloader: one process, ``torch.utils.data.DataLoader`` with as many loader
+  workers as the Ray path has CPUs for data, BE applied per batch in the loader
+  workers (as the pipeline does).
+- model_only: the model alone on one batch already in memory (the ceiling).
+
+Steps per second are taken over the epochs after the first (start-up excluded
+on both paths).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from beray.config import Config, load_config
+from beray.data.datasets import index_dataset
+from beray.data.pipeline import add_noise, view_spec
+from beray.data.views import ViewMaker, record_row
+from beray.methods.build import build_method, method_loss
+
+
+class _Views(Dataset):
+    def __init__(self, cfg: Config):
+        index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
+        self.rows = [record_row(r) for r in index.subsets[cfg.data.subset]]
+        self.spec = view_spec(cfg)
+        self.maker = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.maker is None:  # one per loader worker
+            self.maker = ViewMaker(self.spec)
+        row = self.rows[i]
+        return self.maker({**row, "start_frame": None, "end_frame": None})
+
+
+def _collate(cfg: Config):
+    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+        batch = add_noise(batch, cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+    return collate
+
+
+def _step(model, optimizer, cfg: Config, batch, device) -> None:
+    out = method_loss(model, cfg.method.name, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+
+
+def _optimizer(model, cfg: Config):
+    o = cfg.optim
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay)
+
+
+def data_cpus(cfg: Config, cpus: float) -> int:
+    """The CPUs the Ray path leaves to its data pipeline (at least 1): the DataLoader gets as many workers."""
+    return max(1, round(cpus - cfg.run.workers * cfg.run.cpus_per_worker))
+
+
+def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
+    torch.manual_seed(cfg.run.seed)
+    device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
+    model = build_method(cfg).to(device).train()
+    optimizer = _optimizer(model, cfg)
+    loader = DataLoader(_Views(cfg), batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
+                        num_workers=workers, collate_fn=_collate(cfg))
+    steps, seconds = 0, 0.0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        n = 0
+        for batch in loader:
+            _step(model, optimizer, cfg, batch, device)
+            n += 1
+        if epoch > 0:
+            steps, seconds = steps + n, seconds + time.perf_counter() - t0
+    return steps / seconds
+
+
+def model_only_steps_per_s(cfg: Config, steps: int = 30) -> float:
+    torch.manual_seed(cfg.run.seed)
+    device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
+    model = build_method(cfg).to(device).train()
+    optimizer = _optimizer(model, cfg)
+    batch = _collate(cfg)([_Views(cfg)[i] for i in range(cfg.optim.batch_size)])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    _step(model, optimizer, cfg, batch, device)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _step(model, optimizer, cfg, batch, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def ray_steps_per_s(cfg: Config) -> tuple[float, float]:
+    """Steps/s and data-wait fraction of the Ray path, over the epochs after the first."""
+    from beray.train.launch import fit, init_ray
+
+    init_ray()
+    with tempfile.TemporaryDirectory() as storage:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"storage": storage, "images_every": 0})})
+        info = fit(cfg, name="bench-train")
+        per_epoch = info.metrics["history"]
+    later = [m for m in per_epoch if m["epoch"] > 1]
+    steps = sum(m["steps"] for m in later)
+    seconds = sum(m["steps"] * cfg.optim.batch_size / m["clips_per_s"] for m in later)
+    return steps / seconds, float(np.mean([m["data_wait_fraction"] for m in later]))
+
+
+def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4) -> dict:
+    cfg = load_config(None, [f"optim.epochs={epochs}", *overrides], preset=preset)
+    import ray
+
+    from beray.train.launch import init_ray
+
+    init_ray()
+    cpus = ray.cluster_resources().get("CPU", 1)
+    workers = data_cpus(cfg, cpus)
+    ray_sps, wait = ray_steps_per_s(cfg)
+    ray.shutdown()  # the DataLoader gets the machine to itself
+    dl_sps = dataloader_steps_per_s(cfg, workers, epochs)
+    model_sps = model_only_steps_per_s(cfg)
+    return {
+        "ray_steps_per_s": ray_sps, "dataloader_steps_per_s": dl_sps, "model_only_steps_per_s": model_sps,
+        "ray_over_dataloader": ray_sps / dl_sps, "ray_data_wait_fraction": wait, "loader_workers": workers,
+        "preset": preset, "overrides": list(overrides), "batch_size": cfg.optim.batch_size,
+        "device": torch.cuda.get_device_name() if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available()
+        else "cpu",
+    }
+
+
+def print_table(res: dict) -> None:
+    print(f"train: preset {res['preset']} {' '.join(res['overrides'])}, global batch {res['batch_size']}, "
+          f"{res['device']}\n")
+    print(f"  {'Ray Data + Ray Train':<34} {res['ray_steps_per_s']:>7.2f} steps/s   "
+          f"(data wait {100 * res['ray_data_wait_fraction']:.0f}% of step time)")
+    print(f"  {'DataLoader, ' + str(res['loader_workers']) + ' workers, one process':<34} "
+          f"{res['dataloader_steps_per_s']:>7.2f} steps/s")
+    print(f"  {'model only (clips in memory)':<34} {res['model_only_steps_per_s']:>7.2f} steps/s")
+    print(f"\n  Ray / DataLoader: {res['ray_over_dataloader']:.2f}x   (target >= 0.9x)")
