@@ -176,10 +176,12 @@ def _set(tree: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None,
+                base: dict[str, Any] | None = None) -> Config:
     """Preset (or the YAML's ``preset:`` key) <- YAML file <- ``--set`` overrides, validated.
 
-    Raises ConfigError with one line per problem, each naming the field.
+    ``base`` (a saved run's config) replaces the preset. Raises ConfigError with one line
+    per problem, each naming the field.
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -194,7 +196,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
     preset = preset or tree.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    tree = _merge(copy.deepcopy(PRESETS.get(preset or "paper", {})), tree)
+    tree = _merge(copy.deepcopy(base if base is not None else PRESETS.get(preset or "paper", {})), tree)
     for item in overrides:
         _set(tree, item)
     try:

@@ -114,13 +114,22 @@ def add_noise(batch: dict[str, np.ndarray], noise: str, gamma: float, fg_ratio: 
     return batch
 
 
-def build_dataset(cfg: Config, run_name: str) -> ray.data.Dataset:
-    """The training stream for ``cfg``: rows with uint8 x_o, x_d (and x_h for MoCo) and label."""
+def training_records(cfg: Config) -> list[dict]:
+    """The records of ``cfg.data``'s subset as rows; raises DatasetError or ValueError naming what is wrong."""
     index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
     if cfg.data.subset not in index.subsets:
-        raise ValueError(f"data.subset {cfg.data.subset!r} not in {index.name}; "
+        raise ValueError(f"data.subset {cfg.data.subset!r} is not in {index.name}; "
                          f"allowed: {', '.join(index.subsets)}")
     rows = [record_row(r) for r in index.subsets[cfg.data.subset]]
+    if len(rows) < cfg.optim.batch_size:
+        raise ValueError(f"{index.name}/{cfg.data.subset} has {len(rows)} videos, fewer than one batch "
+                         f"(optim.batch_size {cfg.optim.batch_size})")
+    return rows
+
+
+def build_dataset(cfg: Config, run_name: str, rows: list[dict] | None = None) -> ray.data.Dataset:
+    """The training stream for ``cfg``: rows with uint8 x_o, x_d (and x_h for MoCo) and label."""
+    rows = list(rows if rows is not None else training_records(cfg))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the training loop prints its own progress
     ctx.print_on_execution_start = False

@@ -39,12 +39,7 @@ def parse(argv: list[str] | None) -> tuple[Config, str | None]:
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e)) from None
         base["run"]["storage"] = str(run_dir.parent)
-        import yaml
-        import tempfile
-
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(base, f)
-        return load_config(f.name, overrides), run_dir.name
+        return load_config(overrides=overrides, base=base), run_dir.name
     preset = args.preset or ("paper" if args.config else "cpu-tiny")
     return load_config(args.config, overrides, preset=preset), None
 
@@ -55,15 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from beray.train.launch import fit
+    from ray.train import TrainingFailedError
+
+    from beray.data.datasets import DatasetError
+    from beray.train.launch import fit, run_name
 
     print(f"beray: {cfg.method.name} + {cfg.be.noise} (gamma {cfg.be.gamma}) on {cfg.data.dataset}, "
           f"{cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs, {cfg.run.workers} worker(s)",
           flush=True)
+    name = name or run_name(cfg)
+    run_dir = Path(cfg.run.storage).expanduser().resolve() / name
     try:
         info = fit(cfg, name)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingFailedError as e:
+        print(f"error: training failed after {cfg.run.max_failures} restart(s): {e}", file=sys.stderr)
+        print(f"continue from the last checkpoint with: python -m beray.train --resume {run_dir}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with: python -m beray.train --resume <run dir>", file=sys.stderr)
+        print(f"\ninterrupted; continue with: python -m beray.train --resume {run_dir}", file=sys.stderr)
         return 130
     m = info.metrics
     print(f"\ndone: {m.get('epoch')} epochs, loss {m.get('loss', float('nan')):.4f}, "

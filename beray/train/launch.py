@@ -46,9 +46,10 @@ def fit(cfg: Config, name: str | None = None) -> RunInfo:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from beray.data.pipeline import build_dataset, skipped_videos
+    from beray.data.pipeline import build_dataset, skipped_videos, training_records
     from beray.train.loop import train_loop_per_worker
 
+    rows = training_records(cfg)  # a bad dataset fails here, before Ray starts
     name = name or run_name(cfg)
     storage = Path(cfg.run.storage).expanduser().resolve()
     run_dir = storage / name
@@ -66,7 +67,7 @@ def fit(cfg: Config, name: str | None = None) -> RunInfo:
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=3)),
-        datasets={"train": build_dataset(cfg, name)},
+        datasets={"train": build_dataset(cfg, name, rows)},
     )
     result = trainer.fit()
     skipped = ray.get(ledger.all.remote())

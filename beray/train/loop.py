@@ -84,7 +84,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             monitor.step(epoch, n_steps - 1, global_step, {
                 "loss": loss, "lr": lr, "clips_per_s": world * per_worker / (t2 - t0),
                 "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0),
-                **{k: float(v) for k, v in out.items() if k not in ("loss",)},
+                **{k: float(v.detach()) for k, v in out.items() if k != "loss"},
             })
         if n_steps == 0:
             raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "

@@ -1,0 +1,66 @@
+"""One typed config: the paper's defaults, presets, YAML and --set, and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from beray.config import Config, ConfigError, load_config, to_yaml
+
+
+def test_defaults_are_the_papers():
+    c = Config()  # Sec. 4.1
+    assert (c.optim.epochs, c.optim.batch_size, c.optim.lr, c.optim.lr_step, c.optim.lr_decay) == (50, 64, 0.01, 10, 0.1)
+    assert (c.optim.momentum, c.optim.weight_decay) == (0.9, 5e-4)
+    assert (c.data.num_frames, c.data.stride, c.augment.size) == (16, 4, 112)
+    assert (c.be.gamma, c.be.noise, c.method.beta, c.method.dim) == (0.3, "intra_frame", 1.0, 128)
+    assert c.augment.rotation == 10.0 and c.method.hard_negative
+    assert load_config() == load_config(preset="paper") == c
+
+
+def test_cpu_tiny_is_a_preset_not_the_default():
+    tiny = load_config(preset="cpu-tiny")
+    assert tiny.model.width < 1 and tiny.augment.size == 32 and tiny.optim.epochs == 3
+    assert Config().model.width == 1.0
+
+
+def test_yaml_then_set_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("preset: cpu-tiny\nbe:\n  gamma: 0.5\n  noise: fame\noptim:\n  epochs: 7\n")
+    c = load_config(f, ["be.gamma=0.1", "augment.jitter=[0.1, 0.2, 0.3, 0.05]", "method.hard_negative=false"])
+    assert (c.be.gamma, c.be.noise, c.optim.epochs) == (0.1, "fame", 7)
+    assert c.augment.jitter == (0.1, 0.2, 0.3, 0.05) and c.method.hard_negative is False
+    assert c.model.width == 0.125  # from the preset
+    assert load_config(f).optim.epochs == 7  # PRESETS are not mutated by earlier overrides
+    round_trip = tmp_path / "again.yaml"
+    round_trip.write_text(to_yaml(c))
+    assert load_config(round_trip) == c
+
+
+@pytest.mark.parametrize("override, message", [
+    ("be.gamma=1.5", "be.gamma: Input should be less than or equal to 1"),
+    ("be.gama=0.5", "be.gama: unknown key; allowed: noise, gamma, fg_ratio"),
+    ("be.noise=salt", "be.noise: unknown noise type 'salt'; allowed: none, gaussian"),
+    ("model.backbone=vgg16", "model.backbone: unknown backbone 'vgg16'; allowed: c3d"),
+    ("method.name=simclr", "method.name: Input should be 'moco', 'rotnet', 'cubic_puzzle' or 'cop'"),
+    ("optim.epochs=ten", "optim.epochs: Input should be a valid integer"),
+    ("data.dataset=ucf101", "data.root is required for dataset ucf101"),
+    ("data.root=/no/such/dir", "data.root /no/such/dir does not exist"),
+    ("run.workers=3", "optim.batch_size (64) must be divisible by run.workers (3)"),
+    ("nonsense.key=1", "nonsense: unknown key; allowed: data, augment, be, method, model, optim, run"),
+    ("be.gamma", "expected KEY=VALUE"),
+])
+def test_bad_config_names_the_field(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert message in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("be: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "preset.yaml").write_text("preset: huge\n")
+    with pytest.raises(ConfigError, match="preset: unknown preset 'huge'; allowed: paper, cpu-tiny"):
+        load_config(tmp_path / "preset.yaml")
