@@ -9,6 +9,10 @@ import pytest
 
 from beray.data.encode import write_video
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-full", action="store_true", help="run the full reader fuzzing corpus (slow)")
+
+
 BITS = 8  # frame index encoded in 8 vertical black/white bands: survives lossy codecs
 H, W = 48, 64
 

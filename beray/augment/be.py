@@ -78,26 +78,27 @@ def add_static_frame(x_v: Tensor, static: Tensor, lam: Tensor) -> Tensor:
 # -- the noise types (paper Table 4, plus FAME) ------------------------------------------
 
 
-def intra_frame(x_v: Tensor, gamma: float = 0.3, generator: torch.Generator | None = None,
-                layout: str = "BCTHW") -> Tensor:
-    """Background Erasing, Eq. (1): add one of the clip's own frames, k ~ U{0..T-1}, lam ~ U[0, gamma]."""
+def _add_a_frame(x_v: Tensor, gamma: float, generator: torch.Generator | None, layout: str,
+                 from_other: bool) -> Tensor:
+    """Eq. (1) with frame k ~ U{0..T-1} of the video itself, or of another video of the batch."""
     x = _btchw(x_v, layout)
     b, t = x.shape[:2]
     lam = sample_lam(b, gamma, generator, x.device)
     k = _randint(t, (b,), generator, x.device)
-    static = x[torch.arange(b, device=x.device), k].unsqueeze(1)
-    return _back(add_static_frame(x, static, lam), layout)
+    source = _other(b, generator, x.device) if from_other else torch.arange(b, device=x.device)
+    return _back(add_static_frame(x, x[source, k].unsqueeze(1), lam), layout)
+
+
+def intra_frame(x_v: Tensor, gamma: float = 0.3, generator: torch.Generator | None = None,
+                layout: str = "BCTHW") -> Tensor:
+    """Background Erasing, Eq. (1): add one of the clip's own frames, k ~ U{0..T-1}, lam ~ U[0, gamma]."""
+    return _add_a_frame(x_v, gamma, generator, layout, from_other=False)
 
 
 def inter_frame(x_v: Tensor, gamma: float = 0.3, generator: torch.Generator | None = None,
                 layout: str = "BCTHW") -> Tensor:
     """Table 4 (d): Eq. (1) with the static frame taken from another video of the batch."""
-    x = _btchw(x_v, layout)
-    b, t = x.shape[:2]
-    lam = sample_lam(b, gamma, generator, x.device)
-    k = _randint(t, (b,), generator, x.device)
-    static = x[_other(b, generator, x.device), k].unsqueeze(1)
-    return _back(add_static_frame(x, static, lam), layout)
+    return _add_a_frame(x_v, gamma, generator, layout, from_other=True)
 
 
 def gaussian(x_v: Tensor, gamma: float = 0.3, generator: torch.Generator | None = None,

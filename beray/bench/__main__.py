@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--preset", default="cpu-tiny", help="config preset (default cpu-tiny)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
-    for p in (d, b, t):
+    k = sub.add_parser("soak", help="resident memory over many clips: the reader, then the Ray Data pipeline")
+    k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
+    for p in (d, b, t, k):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -47,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res))
         else:
             train.print_table(res)
+    elif args.name == "soak":
+        from beray.bench import soak
+
+        res = soak.run(args.clips, progress=not args.json)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            soak.print_table(res)
     return 0
 
 

@@ -23,11 +23,11 @@ class CheckReport:
         return not self.unreadable
 
 
-def check_video(path: str, decode_all: bool = False) -> str | None:
+def check_video(path: str, decode_all: bool = False, timeout_s: float | None = 60.0) -> str | None:
     """None if ``path`` reads, else the reason. Decodes the first and last frame
     (a cut tail shows there), or every frame with ``decode_all``."""
     try:
-        with VideoReader(path) as reader:
+        with VideoReader(path, timeout_s=timeout_s) as reader:
             n = reader.info.num_frames
             reader.frames(range(n) if decode_all else [0, n - 1], size=16)
     except VideoReadError as e:

@@ -65,7 +65,8 @@ def skipped_videos(run_name: str, create: bool = False):
 def view_spec(cfg: Config) -> ViewSpec:
     a = cfg.augment
     return ViewSpec(cfg.method.name, cfg.data.num_frames, cfg.data.stride, cfg.data.decode_size,
-                    AugmentParams(a.size, tuple(a.crop_scale), a.rotation, tuple(a.jitter), a.jitter_p))
+                    AugmentParams(a.size, tuple(a.crop_scale), a.rotation, tuple(a.jitter), a.jitter_p),
+                    cfg.data.decode_timeout_s)
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec: ViewSpec, run_name: str, noise: str, gamma: float,

@@ -15,6 +15,7 @@ path and a reason; callers skip, count and name such files.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -79,11 +80,17 @@ class VideoReader:
     ...     clip = r.clip(num_frames=16, stride=4, start="random", size=128)
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1):
+    def __init__(self, path: str | os.PathLike, threads: int = 1, timeout_s: float | None = None):
         self.path = str(path)
         self.threads = threads
+        self.timeout_s = timeout_s  # a file that takes longer to index or decode is abandoned as bad
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._container = None
         self._info: VideoInfo | None = None
+
+    def _check_time(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise VideoReadError(self.path, f"abandoned: reading took longer than {self.timeout_s:g} s")
 
     # -- opening and indexing -------------------------------------------------
 
@@ -137,6 +144,7 @@ class VideoReader:
         stream = self._stream
         pts, key_pts = [], []
         for packet in self._container.demux(stream):
+            self._check_time()
             ts = packet.pts if packet.pts is not None else packet.dts
             if ts is None or packet.size == 0:
                 continue  # the demuxer's final flush packet, or an empty placeholder
@@ -248,6 +256,7 @@ class VideoReader:
         self._container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
         current, first = key - 1, True
         for frame in self._container.decode(stream):
+            self._check_time()
             current = index_of.get(frame.pts, current + 1) if frame.pts is not None else current + 1
             if first and current > key:
                 # The seek landed past the keyframe (a demuxer that seeks by dts, an
@@ -312,18 +321,18 @@ class VideoReader:
 
 def read_clip(path: str | os.PathLike, num_frames: int, stride: int = 1, start: int | str = 0,
               size: Size = None, rng: np.random.Generator | None = None, first: int = 0,
-              last: int | None = None, threads: int = 1) -> np.ndarray:
+              last: int | None = None, threads: int = 1, timeout_s: float | None = None) -> np.ndarray:
     """Read one clip from ``path``; see :meth:`VideoReader.clip`."""
     sampling.clip_span(num_frames, stride)  # validate before touching the file
-    with VideoReader(path, threads) as reader:
+    with VideoReader(path, threads, timeout_s) as reader:
         return reader.clip(num_frames, stride, start, size, rng, first, last)
 
 
 def read_clips(path: str | os.PathLike, num_frames: int, stride: int, num_clips: int, size: Size = None,
-               first: int = 0, last: int | None = None, threads: int = 1) -> np.ndarray:
+               first: int = 0, last: int | None = None, threads: int = 1, timeout_s: float | None = None) -> np.ndarray:
     """Read ``num_clips`` uniformly spaced clips from ``path``; see :meth:`VideoReader.clips`."""
     sampling.clip_span(num_frames, stride)
-    with VideoReader(path, threads) as reader:
+    with VideoReader(path, threads, timeout_s) as reader:
         return reader.clips(num_frames, stride, num_clips, size, first, last)
 
 

@@ -34,6 +34,7 @@ class ViewSpec:
     stride: int
     decode_size: int
     augment: AugmentConfig
+    timeout_s: float | None = None  # per video; slower ones are abandoned as unreadable
 
 
 class ViewMaker:
@@ -48,7 +49,7 @@ class ViewMaker:
 
     def __call__(self, record: dict) -> dict:
         s = self.spec
-        with VideoReader(record["path"]) as reader:
+        with VideoReader(record["path"], timeout_s=s.timeout_s) as reader:
             total = reader.info.num_frames
             lo = min(max(record.get("start_frame") or 0, 0), total - 1)
             hi = min(record.get("end_frame") or total, total)

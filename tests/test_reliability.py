@@ -1,0 +1,85 @@
+"""Hang protection and checkpoint integrity under kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from beray.data.encode import write_video
+from beray.data.pipeline import decode_batch, skipped_videos
+from beray.data.video import VideoReadError, read_clip
+from beray.data.views import ViewSpec
+from beray.augment.spatial import AugmentConfig
+from beray.train.checkpoint import STATE_FILE, load_state
+
+
+@pytest.fixture(scope="module")
+def slow_video(tmp_path_factory):
+    """A 240p H.264 video with one keyframe: its last clip needs every frame decoded."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("slow") / "slow.mp4"
+    write_video(path, (rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(120)), gop=300)
+    return path
+
+
+def test_a_video_slower_than_the_limit_is_abandoned(slow_video):
+    assert read_clip(slow_video, 8, 4, start=80, timeout_s=60).shape == (8, 240, 320, 3)
+    with pytest.raises(VideoReadError) as e:
+        read_clip(slow_video, 8, 4, start=80, timeout_s=1e-4)
+    assert e.value.path == str(slow_video) and "abandoned: reading took longer than" in e.value.reason
+
+
+def test_the_pipeline_counts_and_names_an_abandoned_video(ray_cluster, slow_video):
+    ledger = skipped_videos("hang-test", create=True)
+    spec = ViewSpec("moco", 4, 2, 32, AugmentConfig(size=16), timeout_s=1e-4)
+    batch = {"path": np.array([str(slow_video)]), "label": np.array([0]), "video_id": np.array(["slow"]),
+             "start_frame": np.array([-1]), "end_frame": np.array([-1])}
+    out = decode_batch(batch, spec, "hang-test", "intra_frame", 0.3, 0.3)
+    assert out == {}  # dropped from the batch, the run goes on
+    skipped = ray.get(ledger.drain.remote())
+    assert list(skipped) == [str(slow_video)] and "abandoned" in skipped[str(slow_video)]
+    ray.kill(ledger)
+
+
+SAVER = """
+import sys, torch
+from torch import nn
+from beray.train.checkpoint import save_state
+model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])  # ~50 MB: saving takes a while
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+scaler = torch.amp.GradScaler("cuda", enabled=False)
+epoch = 0
+while True:
+    save_state(sys.argv[1], model, opt, sched, scaler, epoch, {})
+    print(epoch, flush=True)
+    epoch += 1
+"""
+
+
+def test_kill_during_saving_never_leaves_a_half_checkpoint(tmp_path):
+    from torch import nn
+
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])
+    rng = np.random.default_rng(0)
+    kills_mid_save = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # one complete checkpoint exists
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        kills_mid_save += (tmp_path / "state.tmp").exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = load_state(tmp_path, model)  # whatever the moment of the kill, this is a whole checkpoint
+        assert state["epoch"] >= 0
+    assert kills_mid_save >= 1, "no kill landed during a save; the test did not test anything"
+    assert (tmp_path / STATE_FILE).exists()
+    torch.load(tmp_path / STATE_FILE, weights_only=False)  # and it loads as a whole
