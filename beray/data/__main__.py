@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51: 1-3)")
     c.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     c.add_argument("--decode-all", action="store_true", help="decode every frame, not only the first and last")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds per video before it counts as unreadable")
 
     s = sub.add_parser("synth", help="generate BackgroundBias-Synth (real video files + manifests)")
     s.add_argument("out_dir")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = check_dataset(index, workers=args.workers, decode_all=args.decode_all)
+    report = check_dataset(index, workers=args.workers, decode_all=args.decode_all, timeout_s=args.timeout)
     print_report(report, sys.stdout)
     return 0 if report.ok else 1
 

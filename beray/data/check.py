@@ -36,7 +36,7 @@ def check_video(path: str, decode_all: bool = False, timeout_s: float | None = 6
 
 
 def check_dataset(index: DatasetIndex, workers: int | None = None, decode_all: bool = False,
-                  progress: bool = True) -> CheckReport:
+                  progress: bool = True, timeout_s: float | None = 60.0) -> CheckReport:
     """Open every video of ``index`` in ``workers`` processes, with a progress bar.
 
     A file that kills its process (a decoder crash, not an exception) breaks the
@@ -51,14 +51,14 @@ def check_dataset(index: DatasetIndex, workers: int | None = None, decode_all: b
     with tqdm(total=len(paths), desc="checking videos", unit="video", disable=not progress) as bar:
         try:
             with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-                futures = {pool.submit(check_video, p, decode_all): p for p in paths}
+                futures = {pool.submit(check_video, p, decode_all, timeout_s): p for p in paths}
                 for fut in as_completed(futures):
                     _record(report, futures[fut], fut.result(), pending, bar)
         except BrokenProcessPool:
             for path in sorted(pending):
                 try:
                     with ProcessPoolExecutor(1) as alone:
-                        reason = alone.submit(check_video, path, decode_all).result()
+                        reason = alone.submit(check_video, path, decode_all, timeout_s).result()
                 except BrokenProcessPool:
                     reason = "the decoder crashed the process reading it"
                 _record(report, path, reason, pending, bar)

@@ -24,6 +24,7 @@ from typing import Iterable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from beray.data import sampling
 
@@ -87,6 +88,7 @@ class VideoReader:
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._container = None
         self._info: VideoInfo | None = None
+        self._reformatter: VideoReformatter | None = None
 
     def _check_time(self) -> None:
         if self._deadline is not None and time.monotonic() > self._deadline:
@@ -300,9 +302,12 @@ class VideoReader:
         out_h, out_w = _output_size(size, disp_h, disp_w)
         return (out_h, out_w, turns) if turns % 2 else (out_w, out_h, turns)
 
-    @staticmethod
-    def _convert(frame: av.VideoFrame, width: int, height: int, turns: int) -> np.ndarray:
-        rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+    def _convert(self, frame: av.VideoFrame, width: int, height: int, turns: int) -> np.ndarray:
+        # One swscale context for the whole read: converting through each frame's own
+        # reformatter makes and frees a context per frame, slower and fragmenting the heap.
+        if self._reformatter is None:
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(frame, width, height, "rgb24", interpolation="BILINEAR").to_ndarray()
         return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
     @contextmanager
