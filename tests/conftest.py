@@ -140,7 +140,8 @@ def tiny_synth(tmp_path_factory):
 
 
 def tiny_overrides(root, storage, name, epochs=2):
-    """cpu-tiny shrunk further: 2 workers, batch 4, 16 px clips of 4 frames."""
+    """cpu-tiny shrunk further: 2 DDP workers, batch 4, 16 px clips of 4 frames."""
     return [f"data.root={root}", "data.dataset=synth", "data.num_frames=4", "data.decode_size=20",
             "augment.size=16", "method.queue_size=64", "optim.batch_size=4", f"optim.epochs={epochs}",
-            f"run.storage={storage}", f"run.name={name}", "run.log_every=1", "run.max_failures=2"]
+            f"run.storage={storage}", f"run.name={name}", "run.log_every=1", "run.max_failures=2",
+            "run.workers=2", "run.cpus_per_worker=0.5"]

@@ -149,7 +149,7 @@ def print_table(res: dict) -> None:
           f"{res['device']}\n")
     print(f"  {'Ray Data + Ray Train':<34} {res['ray_steps_per_s']:>7.2f} steps/s   "
           f"(data wait {100 * res['ray_data_wait_fraction']:.0f}% of step time)")
-    print(f"  {'DataLoader, ' + str(res['loader_workers']) + ' workers, one process':<34} "
+    print(f"  {'DataLoader, ' + str(res['loader_workers']) + ' loader worker(s)':<34} "
           f"{res['dataloader_steps_per_s']:>7.2f} steps/s")
     print(f"  {'model only (clips in memory)':<34} {res['model_only_steps_per_s']:>7.2f} steps/s")
     print(f"\n  Ray / DataLoader: {res['ray_over_dataloader']:.2f}x   (target >= 0.9x)")
