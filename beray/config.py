@@ -14,6 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+def _one_of(value: str, allowed, what: str) -> str:
+    """``value`` if it is one of ``allowed`` (a registry's names), else a ValueError listing them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -36,9 +43,7 @@ class DataConfig(_Section):
     def _known_dataset(cls, v: str) -> str:
         from beray.data.datasets import DATASETS
 
-        if v.lower() not in ("synth", *DATASETS):
-            raise ValueError(f"unknown dataset {v!r}; allowed: synth, {', '.join(DATASETS)}")
-        return v.lower()
+        return _one_of(v.lower(), ("synth", *DATASETS), "dataset")
 
 
 class AugmentConfig(_Section):
@@ -59,9 +64,7 @@ class BEConfig(_Section):
     def _known_noise(cls, v: str) -> str:
         from beray.augment.be import NOISES
 
-        if v not in NOISES:
-            raise ValueError(f"unknown noise type {v!r}; allowed: {', '.join(NOISES)}")
-        return v
+        return _one_of(v, NOISES, "noise type")
 
 
 class MethodConfig(_Section):
@@ -83,9 +86,7 @@ class ModelConfig(_Section):
     def _known_backbone(cls, v: str) -> str:
         from beray.models import BACKBONES
 
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(BACKBONES)}")
-        return v
+        return _one_of(v, BACKBONES, "backbone")
 
 
 class OptimConfig(_Section):

@@ -126,6 +126,8 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.all_gather(keys, own_keys)
     if rank == 0:
         torch.save({"queues": queues, "keys": keys, "ptr": int(m.queue_ptr)}, out)
+    del model
+    dist.barrier()  # leave together: a rank tearing down gloo while its peer still talks aborts
     dist.destroy_process_group()
 
 
