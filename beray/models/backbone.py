@@ -9,6 +9,7 @@ Eq. 4's psi (spatial max only, C x T) is ``f.amax(dim=(3, 4))``.
 
 from __future__ import annotations
 
+import abc
 from typing import Callable, TypeVar
 
 import torch.nn as nn
@@ -19,13 +20,14 @@ BACKBONES: dict[str, Callable[[float], Backbone]] = {}
 _B = TypeVar("_B", bound=Callable[..., "Backbone"])
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """Base class: subclasses set ``out_channels`` and implement ``features``."""
 
     out_channels: int
 
+    @abc.abstractmethod
     def features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The last conv feature map f, (B, C, T', H', W')."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.features(x)
