@@ -26,7 +26,7 @@ from beray.config import Config, load_config
 from beray.data.datasets import index_dataset
 from beray.data.pipeline import add_noise, view_spec
 from beray.data.views import ViewMaker, record_row
-from beray.methods.build import build_method, method_loss
+from beray.methods.build import build_method, make_optimizer, method_loss
 
 
 class _Views(Dataset):
@@ -42,8 +42,7 @@ class _Views(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.maker is None:  # one per loader worker
             self.maker = ViewMaker(self.spec)
-        row = self.rows[i]
-        return self.maker({**row, "start_frame": None, "end_frame": None})
+        return self.maker(self.rows[i])
 
 
 def _collate(cfg: Config):
@@ -61,12 +60,6 @@ def _step(model, optimizer, cfg: Config, batch, device) -> None:
     optimizer.step()
 
 
-def _optimizer(model, cfg: Config):
-    o = cfg.optim
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay)
-
-
 def data_cpus(cfg: Config, cpus: float) -> int:
     """The CPUs the Ray path leaves to its data pipeline (at least 1): the DataLoader gets as many workers."""
     return max(1, round(cpus - cfg.run.workers * cfg.run.cpus_per_worker))
@@ -76,7 +69,7 @@ def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
     torch.manual_seed(cfg.run.seed)
     device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
     model = build_method(cfg).to(device).train()
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     loader = DataLoader(_Views(cfg), batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, collate_fn=_collate(cfg))
     steps, seconds = 0, 0.0
@@ -95,7 +88,7 @@ def model_only_steps_per_s(cfg: Config, steps: int = 30) -> float:
     torch.manual_seed(cfg.run.seed)
     device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
     model = build_method(cfg).to(device).train()
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     batch = _collate(cfg)([_Views(cfg)[i] for i in range(cfg.optim.batch_size)])
     batch = {k: v.to(device) for k, v in batch.items()}
     _step(model, optimizer, cfg, batch, device)  # warm-up

@@ -79,10 +79,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ViewSpec, run_name: str, no
     maker = ViewMaker(spec)
     views = []
     for i in range(len(batch["path"])):
-        record = {k: batch[k][i] for k in batch}
-        record["path"] = str(record["path"])
-        record["start_frame"] = int(record["start_frame"]) if record["start_frame"] >= 0 else None
-        record["end_frame"] = int(record["end_frame"]) if record["end_frame"] >= 0 else None
+        record = {k: v.item() if isinstance(v, np.generic) else v for k, v in ((k, batch[k][i]) for k in batch)}
         try:
             views.append(maker(record))
         except VideoReadError as e:

@@ -242,7 +242,7 @@ class VideoReader:
         start/end frames of Diving48 records do. Short segments loop (see
         :mod:`beray.data.sampling`).
         """
-        lo, n = self._segment(first, last)
+        lo, n = self.segment(first, last)
         if start == "random":
             start = sampling.random_start(n, num_frames, stride, rng if rng is not None else np.random.default_rng())
         elif not isinstance(start, (int, np.integer)):
@@ -253,15 +253,18 @@ class VideoReader:
         self, num_frames: int, stride: int, num_clips: int, size: Size = None, first: int = 0, last: int | None = None
     ) -> np.ndarray:
         """``num_clips`` uniformly spaced clips as uint8 (N, T, H, W, 3), decoded in one pass."""
-        lo, n = self._segment(first, last)
+        lo, n = self.segment(first, last)
         starts = sampling.uniform_starts(n, num_frames, stride, num_clips)
         idx = np.stack([sampling.clip_indices(n, num_frames, stride, int(s)) for s in starts]) + lo
         frames = self.frames(idx.reshape(-1), size)
         return frames.reshape(num_clips, num_frames, *frames.shape[1:])
 
-    def _segment(self, first: int, last: int | None) -> tuple[int, int]:
+    def segment(self, first: int | None, last: int | None) -> tuple[int, int]:
+        """(first frame, length) of the segment [first, last) clamped to the video; None or a
+        negative value means the video's start or end."""
         total = self.info.num_frames
-        hi = total if last is None else min(last, total)
+        first = first if first is not None and first >= 0 else 0
+        hi = total if last is None or last < 0 else min(last, total)
         lo = min(max(first, 0), total - 1)
         return lo, max(hi - lo, 1)
 

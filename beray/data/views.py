@@ -38,7 +38,7 @@ class ViewSpec:
 
 
 class ViewMaker:
-    """Callable: a record (dict of VideoRecord fields) -> dict of uint8 views, or raises VideoReadError."""
+    """Callable: a record (``record_row``'s dict) -> dict of uint8 views, or raises VideoReadError."""
 
     def __init__(self, spec: ViewSpec, seed: int | None = None):
         self.spec = spec
@@ -50,10 +50,7 @@ class ViewMaker:
     def __call__(self, record: dict) -> dict:
         s = self.spec
         with VideoReader(record["path"], timeout_s=s.timeout_s) as reader:
-            total = reader.info.num_frames
-            lo = min(max(record.get("start_frame") or 0, 0), total - 1)
-            hi = min(record.get("end_frame") or total, total)
-            n = max(hi - lo, 1)
+            lo, n = reader.segment(record.get("start_frame"), record.get("end_frame"))
             clips = COP_CLIPS if s.method == "cop" else (2 if s.method == "moco" else 1)
             idx = self._indices(n, clips)
             frames = reader.frames(lo + idx.reshape(-1), s.decode_size)

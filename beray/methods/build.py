@@ -25,6 +25,13 @@ def build_method(cfg: Config) -> nn.Module:
     return build_pretext(m.name, backbone, beta=m.beta)
 
 
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD over the trainable parameters (MoCo's key encoder is not), Sec. 4.1 settings."""
+    o = cfg.optim
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay)
+
+
 def prepare_clips(x: Tensor, device: torch.device) -> Tensor:
     """uint8 (..., T, C, H, W) from the pipeline -> normalised float (..., C, T, H, W) on ``device``.
 

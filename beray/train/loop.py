@@ -13,7 +13,7 @@ import torch
 
 from beray.config import Config
 from beray.data.pipeline import skipped_videos
-from beray.methods.build import build_method, method_loss
+from beray.methods.build import build_method, make_optimizer, method_loss
 from beray.train.checkpoint import load_state, save_state
 from beray.train.monitor import Monitor, say
 
@@ -29,8 +29,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
 
     model = ray.train.torch.prepare_model(build_method(cfg))
     o = cfg.optim
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
-                                weight_decay=o.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=o.lr_decay)
     use_amp = o.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
