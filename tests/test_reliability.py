@@ -102,3 +102,14 @@ def test_starvation_is_logged_and_warned_with_a_remedy(ray_cluster, tmp_path, ca
     events = read_events(tmp_path)
     assert [v for _, v in events["epoch/data_wait_fraction"]] == pytest.approx([0.45, 0.05])
     assert [v for _, v in events["data/skipped_videos"]] == [0.0, 1.0]
+
+
+def test_ray_processes_started_by_beray_cap_malloc_arenas(ray_cluster):
+    """Decode tasks run with glibc's arenas capped (MALLOC_ARENA_MAX), inherited from init_ray."""
+    @ray.remote(num_cpus=0.1)
+    def arena_max():
+        return os.environ.get("MALLOC_ARENA_MAX")
+
+    expected = os.environ.get("MALLOC_ARENA_MAX")  # 2 by default; a value set before the tests wins
+    assert expected is not None and int(expected) >= 1
+    assert ray.get(arena_max.remote()) == expected

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
     k = sub.add_parser("soak", help="resident memory over many clips: the reader, then the Ray Data pipeline")
     k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
+    k.add_argument("--epoch-clips", type=int, default=4_800,
+                   help="clips per pipeline epoch: the synthetic set repeated (default 4,800)")
     for p in (d, b, t, k):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.name == "soak":
         from beray.bench import soak
 
-        res = soak.run(args.clips, progress=not args.json)
+        res = soak.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json)
         if args.json:
             print(json.dumps(res))
         else:
