@@ -35,7 +35,7 @@ SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
 # glibc gives each thread its own malloc arena (up to 8 per core) and each arena keeps its
 # high-water mark, so under Ray's and Ray Data's threads resident memory ratchets up for tens of
 # thousands of clips. Two arenas: `python -m beray.bench soak`'s pipeline growth went from 1.05 to
-# 0.72 MB per 1,000 clips (2 cores, 20k clips). On a cluster, set it for `ray start` (cluster.yaml).
+# 0.72 MB per 1,000 clips (2 cores, 20k clips). On a cluster, export it before `ray start` (README).
 MALLOC_ARENA_MAX = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
@@ -43,11 +43,11 @@ _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 def cap_malloc_arenas(n: int = MALLOC_ARENA_MAX) -> None:
     """Cap glibc's malloc arenas at ``n`` in this process (now) and in the processes it starts
     (through MALLOC_ARENA_MAX); a value the user set wins. A no-op without glibc."""
-    n = int(os.environ.setdefault("MALLOC_ARENA_MAX", str(n)))
+    value = os.environ.setdefault("MALLOC_ARENA_MAX", str(n))
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, n)
-    except (OSError, AttributeError):
-        pass
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(value))
+    except (OSError, AttributeError, ValueError):
+        pass  # not glibc, or the user's own value is not a number: glibc ignores it too
 
 
 def init_ray(**kwargs) -> dict:
