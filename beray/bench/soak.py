@@ -17,16 +17,6 @@ import numpy as np
 from beray.bench.decode import ucf_like_videos
 from beray.data.video import read_clip
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident memory of a process in MB (0 when it is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
 
 def private_mb(pid: int | str = "self") -> float:
     """Private resident memory (USS) in MB: what a process holds alone. Unlike RSS it leaves
@@ -47,19 +37,19 @@ RAY_BOOKKEEPING = (b"ray::_StatsActor", b"ray::DashboardAgent", b"ray::RuntimeEn
                    b"ray::_AutoscalingCoordinatorActor")
 
 
-def ray_worker_pids(bookkeeping: bool = False) -> list[int]:
-    """Ray worker processes: those running tasks and actors (``bookkeeping=False``), or Ray's
-    own bookkeeping actors (``True``)."""
-    pids = []
+def ray_worker_pids() -> tuple[list[int], list[int]]:
+    """Ray's worker processes, in one scan of /proc: (those running tasks and actors, Ray's
+    own bookkeeping processes)."""
+    tasks, bookkeeping = [], []
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
                 cmd = Path(f"/proc/{p}/cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"ray::") and cmd.startswith(RAY_BOOKKEEPING) == bookkeeping:
-                pids.append(int(p))
-    return pids
+            if cmd.startswith(b"ray::"):
+                (bookkeeping if cmd.startswith(RAY_BOOKKEEPING) else tasks).append(int(p))
+    return tasks, bookkeeping
 
 
 def growth_per_1000(samples: list[tuple[int, float]], warmup: float = 0.2) -> float:
@@ -114,9 +104,10 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
             seen += n
             bar.update(n)
             if seen >= next_sample:
+                tasks, ray_own = ray_worker_pids()
                 driver.append((seen, private_mb()))
-                workers.append((seen, sum(private_mb(p) for p in ray_worker_pids())))
-                bookkeeping.append((seen, sum(private_mb(p) for p in ray_worker_pids(bookkeeping=True))))
+                workers.append((seen, sum(map(private_mb, tasks))))
+                bookkeeping.append((seen, sum(map(private_mb, ray_own))))
                 next_sample += every
             if seen >= clips:
                 break
