@@ -107,7 +107,7 @@ class RunConfig(_Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs; what is left feeds the Ray Data pipeline
     max_failures: int = Field(3, ge=-1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # seeds the weights and every data draw, from (seed, epoch, video)
     log_every: int = Field(10, ge=1)  # steps between TensorBoard scalars
     images_every: int = Field(1, ge=0)  # epochs between x_o / x_d image logs (0: never)
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap, for quick runs
@@ -151,6 +151,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ConfigError(Exception):
     """A config the user wrote is wrong; the message names the field and what is allowed."""
+
+
+# What a resumed run may change: its length, where the data lies, and what does not touch the
+# training math (resources, logging, retries). Everything else is fixed by the checkpoint (the
+# optimiser and scheduler state override lr and its schedule) or by the data stream (seed, clips).
+# Changing run.workers keeps the global batch but not the exact stream of batches.
+RESUMABLE = ("optim.epochs", "data.root", "data.decode_concurrency", "data.decode_cpus", "data.decode_timeout_s",
+             "data.prefetch_batches", "run.workers", "run.gpus_per_worker", "run.cpus_per_worker",
+             "run.max_failures", "run.log_every", "run.images_every", "run.max_steps_per_epoch")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_changes(saved: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """field -> (saved, new) for what ``new`` changes in a run's ``saved`` config; ConfigError
+    naming every changed field that a resumed run cannot honour (see RESUMABLE)."""
+    a, b = _flat(saved.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    changed = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in ("run.storage", "run.name")}
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        raise ConfigError("cannot change on resume (the checkpoint's optimiser, scheduler and data stream fix it):\n  "
+                          + "\n  ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in refused)
+                          + f"\nallowed on resume: {', '.join(RESUMABLE)}; or start a new run with this config")
+    return changed
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -55,7 +55,7 @@ def _vec(a, b):
 def test_logits_labels_and_loss_by_hand():
     model = _hand_model()
     # z_o = (1, 0); z_d = (3, 4) / 5; hard negative z_h = (0, 1)
-    logits, labels = model(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
+    logits, labels = model.logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
     # [z_o.z_d, z_o.z_h, z_o.queue...] / tau = [0.6, 0, 1, 0, -1] / 0.5
     assert torch.allclose(logits, torch.tensor([[1.2, 0.0, 2.0, 0.0, -2.0]]))
     assert labels.tolist() == [0]
@@ -65,13 +65,33 @@ def test_logits_labels_and_loss_by_hand():
 
 
 def test_hard_negative_is_in_the_denominator():
-    with_h, _ = _hand_model(True)(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
-    without, _ = _hand_model(False)(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))  # Eq. (6)
+    with_h, _ = _hand_model(True).logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
+    without, _ = _hand_model(False).logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))  # Eq. (6)
     assert without.shape == (1, 4) and with_h.shape == (1, 5)
     assert torch.allclose(without, with_h[:, [0, 2, 3, 4]])
     labels = torch.zeros(1, dtype=torch.long)
     # the extra exp(z_o . z_h / tau) = e^0 term makes Eq. (7)'s loss larger
     assert F.cross_entropy(with_h, labels) > F.cross_entropy(without, labels)
+
+
+def test_a_hard_negative_that_is_not_distinct_is_left_out():
+    """h_valid False (x_h would be x_o itself): that sample's term is Eq. (6); the other keeps Eq. (7)."""
+    x_o = torch.cat([_vec(2.0, 0.0), _vec(0.0, 2.0)])
+    x_d = torch.cat([_vec(3.0, 4.0), _vec(4.0, 3.0)])
+    x_h = torch.cat([_vec(2.0, 0.0), _vec(1.0, 0.0)])  # sample 0's x_h is its x_o
+    h_valid = torch.tensor([False, True])
+    model = _hand_model(True)
+    out = model(x_o, x_d, x_h, h_valid)
+    eq6 = F.cross_entropy(_hand_model(False).logits(x_o, x_d)[0], torch.zeros(2, dtype=torch.long), reduction="none")
+    eq7 = F.cross_entropy(_hand_model(True).logits(x_o, x_d, x_h)[0], torch.zeros(2, dtype=torch.long),
+                          reduction="none")
+    assert out["loss"].item() == pytest.approx((eq6[0] + eq7[1]).item() / 2, rel=1e-6)
+    assert eq7[0] > eq6[0]  # unmasked, x_o's own copy would have pushed the loss up
+    assert out["hard_negative_masked"].item() == 1.0
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()  # a -inf logit gives a zero, not a NaN, gradient
+    grad = model.encoder_q.fc.weight.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_momentum_update():
@@ -104,8 +124,7 @@ def test_gradients_flow_to_the_query_encoder_only():
     torch.manual_seed(0)
     model = MoCoBE(TinyConv(), dim=3, queue_size=8)
     x = torch.rand(2, 3, 4, 8, 8)
-    logits, labels = model(x, x.flip(-1), x.flip(-2))
-    F.cross_entropy(logits, labels).backward()
+    model(x, x.flip(-1), x.flip(-2))["loss"].backward()
     assert model.encoder_q.backbone.conv.weight.grad.abs().sum() > 0
     assert model.encoder_k.backbone.conv.weight.grad is None
 
@@ -115,8 +134,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     torch.manual_seed(100 + rank)  # different initial weights and queues: DDP must broadcast rank 0's
     model = nn.parallel.DistributedDataParallel(MoCoBE(TinyConv(), dim=3, queue_size=16))
     x_o, x_d, x_h = (torch.rand(2, 3, 4, 8, 8) for _ in range(3))
-    logits, labels = model(x_o, x_d, x_h)
-    F.cross_entropy(logits, labels).backward()
+    model(x_o, x_d, x_h)["loss"].backward()
     m = model.module
     with torch.no_grad():
         own_keys = m.encoder_k(x_d)  # the key encoder has not moved since forward

@@ -14,9 +14,9 @@ import ray
 import torch
 
 from beray.data.encode import write_video
-from beray.data.pipeline import decode_batch, skipped_videos
+from beray.data.pipeline import NoiseSpec, decode_batch, record_table, run_data
 from beray.data.video import VideoReadError, read_clip
-from beray.data.views import ViewSpec
+from beray.data.views import Views, ViewSpec
 from beray.augment.spatial import AugmentConfig
 from beray.train.checkpoint import STATE_FILE, load_state
 
@@ -38,15 +38,15 @@ def test_a_video_slower_than_the_limit_is_abandoned(slow_video):
 
 
 def test_the_pipeline_counts_and_names_an_abandoned_video(ray_cluster, slow_video):
-    ledger = skipped_videos("hang-test", create=True)
-    spec = ViewSpec("moco", 4, 2, 32, AugmentConfig(size=16), timeout_s=1e-4)
-    batch = {"path": np.array([str(slow_video)]), "label": np.array([0]), "video_id": np.array(["slow"]),
-             "start_frame": np.array([-1]), "end_frame": np.array([-1])}
-    out = decode_batch(batch, spec, "hang-test", "intra_frame", 0.3, 0.3)
+    state = run_data("hang-test", create=True)
+    spec = ViewSpec(Views(hard_negative=True), 4, 2, 32, AugmentConfig(size=16), timeout_s=1e-4)
+    records = record_table([{"path": str(slow_video), "label": 0, "video_id": "slow", "start_frame": -1,
+                             "end_frame": -1}])
+    out = decode_batch({"id": np.array([0])}, records, spec, NoiseSpec(), state, "hang-test", seed=0, batch_size=1)
     assert out == {}  # dropped from the batch, the run goes on
-    skipped = ray.get(ledger.drain.remote())
+    skipped = ray.get(state.drain.remote())
     assert list(skipped) == [str(slow_video)] and "abandoned" in skipped[str(slow_video)]
-    ray.kill(ledger)
+    ray.kill(state)
 
 
 SAVER = """

@@ -14,11 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--videos", type=int, default=3, help="videos per format (default 3)")
     d.add_argument("--clips", type=int, default=6, help="clips per video (default 6)")
     b = sub.add_parser("be", help="vectorised BE vs a per-frame loop and a same-size copy")
-    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    b.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     t = sub.add_parser("train", help="Ray Data + Ray Train vs a DataLoader loop vs the model alone")
     t.add_argument("--preset", default="cpu-tiny", help="config preset (default cpu-tiny)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: one GPU per Train worker, the other paths on CUDA (default cpu)")
     k = sub.add_parser("soak", help="resident memory over many clips: the reader, then the Ray Data pipeline")
     k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
     k.add_argument("--epoch-clips", type=int, default=4_800,
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.name == "train":
         from beray.bench import train
 
-        res = train.run(args.preset, args.overrides, args.epochs)
+        res = train.run(args.preset, args.overrides, args.epochs, args.device)
         if args.json:
             print(json.dumps(res))
         else:

@@ -60,6 +60,7 @@ def growth_per_1000(samples: list[tuple[int, float]], warmup: float = 0.2) -> fl
 
 
 def soak_reader(clips: int, every: int, progress: bool = True) -> dict:
+    import ray
     from tqdm import tqdm
 
     paths = [str(p) for ps in ucf_like_videos(3).values() for p in ps]
@@ -82,22 +83,25 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
     epoch is a new dataset execution, whose fixed costs 240-clip epochs would count per clip
     twenty times over.
     """
+    import ray
     from tqdm import tqdm
 
     from beray.config import load_config
-    from beray.data.pipeline import build_dataset, skipped_videos, training_records
-    from beray.train.launch import init_ray
+    from beray.data.pipeline import build_dataset, run_data, training_records
+    from beray.methods.build import method_views
+    from beray.runtime import init_ray
 
     cfg = load_config(None, ["run.workers=1"], preset="cpu-tiny")
     init_ray()
-    ledger = skipped_videos("soak", create=True)
+    state = run_data("soak", create=True)
     rows = training_records(cfg)
-    ds = build_dataset(cfg, "soak", rows * max(1, round(epoch_clips / len(rows))))
+    ds = build_dataset(cfg, "soak", state, method_views(cfg), rows * max(1, round(epoch_clips / len(rows))))
     driver, workers, bookkeeping, epoch_ends = [], [], [], []
     seen, next_sample, epochs = 0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=clips, desc="pipeline soak", unit="clip", disable=not progress)
     while seen < clips:
+        ray.get(state.set_epoch.remote(epochs))
         epochs += 1
         for batch in ds.iter_torch_batches(batch_size=cfg.optim.batch_size, drop_last=True):
             n = len(batch["label"])
@@ -113,7 +117,7 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
                 break
         epoch_ends.append(seen)
     bar.close()
-    del ledger
+    ray.kill(state)
     total = [(c, d + w) for (c, d), (_, w) in zip(driver, workers)]
     return {"clips": seen, "seconds": time.perf_counter() - t0, "epochs": epochs, "epoch_clips": epoch_ends[0],
             "samples": total, "growth_mb_per_1000": growth_per_1000(total),

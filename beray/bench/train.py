@@ -15,6 +15,7 @@ on both paths).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -23,18 +24,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from beray.config import Config, load_config
-from beray.data.datasets import index_dataset
-from beray.data.pipeline import add_noise, view_spec
-from beray.data.views import ViewMaker, record_row
-from beray.methods.build import build_method, make_optimizer, method_loss
+from beray.data.pipeline import add_noise, noise_spec, training_records, view_spec
+from beray.data.views import ViewMaker, video_rng
+from beray.methods.build import build_method, make_optimizer, method_views, train_step
 
 
 class _Views(Dataset):
+    """The same views as the pipeline's, one video per item (the DataLoader shuffles)."""
+
     def __init__(self, cfg: Config):
-        index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
-        self.rows = [record_row(r) for r in index.subsets[cfg.data.subset]]
-        self.spec = view_spec(cfg)
-        self.maker = None
+        self.rows = training_records(cfg)
+        self.spec = view_spec(cfg, method_views(cfg))
+        self.seed, self.epoch, self.maker = cfg.run.seed, 0, None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -42,22 +43,30 @@ class _Views(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.maker is None:  # one per loader worker
             self.maker = ViewMaker(self.spec)
-        return self.maker(self.rows[i])
+        return self.maker(self.rows[i], video_rng(self.seed, self.epoch, i))
 
 
 def _collate(cfg: Config):
+    noise = noise_spec(cfg)
+
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
-        batch = add_noise(batch, cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
+        batch = add_noise({k: np.stack([it[k] for it in items]) for k in items[0]}, noise)
         return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
     return collate
 
 
-def _step(model, optimizer, cfg: Config, batch, device) -> None:
-    out = method_loss(model, cfg.method.name, batch, device)
-    optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    optimizer.step()
+def _device(cfg: Config) -> torch.device:
+    return torch.device("cuda" if cfg.run.gpus_per_worker > 0 else "cpu")
+
+
+def _stepper(cfg: Config, device: torch.device):
+    """The model and one training step of it, as the Ray Train loop runs it (AMP on CUDA)."""
+    torch.manual_seed(cfg.run.seed)
+    model = build_method(cfg).to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    amp = cfg.optim.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    return lambda batch: train_step(model, optimizer, scaler, batch, device, amp)["loss"].item()
 
 
 def data_cpus(cfg: Config, cpus: float) -> int:
@@ -66,18 +75,18 @@ def data_cpus(cfg: Config, cpus: float) -> int:
 
 
 def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
-    torch.manual_seed(cfg.run.seed)
-    device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
-    model = build_method(cfg).to(device).train()
-    optimizer = make_optimizer(model, cfg)
-    loader = DataLoader(_Views(cfg), batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, collate_fn=_collate(cfg))
+    device = _device(cfg)
+    step = _stepper(cfg, device)
+    views = _Views(cfg)
+    loader = DataLoader(views, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
+                        num_workers=workers, collate_fn=_collate(cfg), pin_memory=device.type == "cuda")
     steps, seconds = 0, 0.0
     for epoch in range(epochs):
+        views.epoch = epoch  # loader workers are started per epoch: they see it
         t0 = time.perf_counter()
         n = 0
         for batch in loader:
-            _step(model, optimizer, cfg, batch, device)
+            step(batch)
             n += 1
         if epoch > 0:
             steps, seconds = steps + n, seconds + time.perf_counter() - t0
@@ -85,24 +94,21 @@ def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
 
 
 def model_only_steps_per_s(cfg: Config, steps: int = 30) -> float:
-    torch.manual_seed(cfg.run.seed)
-    device = torch.device("cuda" if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
-    model = build_method(cfg).to(device).train()
-    optimizer = make_optimizer(model, cfg)
+    device = _device(cfg)
+    step = _stepper(cfg, device)
     batch = _collate(cfg)([_Views(cfg)[i] for i in range(cfg.optim.batch_size)])
     batch = {k: v.to(device) for k, v in batch.items()}
-    _step(model, optimizer, cfg, batch, device)  # warm-up
+    step(batch)  # warm-up (cuDNN picks its kernels)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _step(model, optimizer, cfg, batch, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        step(batch)  # .item() waits for the device
     return steps / (time.perf_counter() - t0)
 
 
 def ray_steps_per_s(cfg: Config) -> tuple[float, float]:
     """Steps/s and data-wait fraction of the Ray path, over the epochs after the first."""
-    from beray.train.launch import fit, init_ray
+    from beray.runtime import init_ray
+    from beray.train.launch import fit
 
     init_ray()
     with tempfile.TemporaryDirectory() as storage:
@@ -115,11 +121,16 @@ def ray_steps_per_s(cfg: Config) -> tuple[float, float]:
     return steps / seconds, float(np.mean([m["data_wait_fraction"] for m in later]))
 
 
-def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4) -> dict:
+def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4, device: str = "cpu") -> dict:
+    """``device`` cuda: one GPU per Train worker, and the DataLoader and model-only paths on CUDA."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda: no CUDA device on this machine")
+        overrides = [*overrides, "run.gpus_per_worker=1"]
     cfg = load_config(None, [f"optim.epochs={epochs}", *overrides], preset=preset)
     import ray
 
-    from beray.train.launch import init_ray
+    from beray.runtime import init_ray
 
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -132,8 +143,7 @@ def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4) ->
         "ray_steps_per_s": ray_sps, "dataloader_steps_per_s": dl_sps, "model_only_steps_per_s": model_sps,
         "ray_over_dataloader": ray_sps / dl_sps, "ray_data_wait_fraction": wait, "loader_workers": workers,
         "preset": preset, "overrides": list(overrides), "batch_size": cfg.optim.batch_size,
-        "device": torch.cuda.get_device_name() if cfg.run.gpus_per_worker > 0 and torch.cuda.is_available()
-        else "cpu",
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
     }
 
 

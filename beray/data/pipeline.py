@@ -1,42 +1,67 @@
 """Ray Data pipeline: records -> decode, views and noise (x_d) in Ray tasks -> Train workers.
 
-Nothing is materialised: records (paths and labels) are the only thing held
-whole; decoded clips stream through Ray Data's executor, whose backpressure
-bounds memory. Each iteration of the dataset (one epoch) re-runs the pipeline,
-so every epoch draws new clips, new crops and new noise.
+Nothing is materialised: the records (paths and labels, a table of NumPy
+columns put in the object store once) are the only thing held whole; decoded
+clips stream through Ray Data's executor, whose backpressure bounds memory.
 
-A video that cannot be read is skipped: the decode task drops it, counts it on
-the ``beray_skipped_videos`` Ray metric and records its path and reason with the
-run's ``SkippedVideos`` actor, which the training loop drains every epoch.
+The dataset's rows are batch numbers. Each iteration (one epoch) re-runs the
+pipeline: the task that makes batch b of epoch e takes the records at positions
+[b * B, (b + 1) * B) of the epoch's permutation of all records, so the videos that
+share a batch (and the partners of the pairing noises: mixup, cutmix,
+inter_frame, fame) change every epoch. Every draw is seeded from (run seed,
+epoch, video), and batches come out in order: the same seed gives the same
+stream, and a resumed run continues it where the uninterrupted run would be.
+
+The epoch comes from the run's ``RunData`` actor (its handle travels with the
+dataset and the workers' config, which keeps it alive), which the Train workers set
+before they start iterating an epoch (Ray Data starts an epoch's execution only
+once every worker has asked for it). The same actor collects unreadable videos:
+a decode task drops one from its batch, counts it on the ``beray_skipped_videos``
+Ray metric and records its path and reason; the training loop drains them every epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import ray
 import torch
-from ray.data import RandomSeedConfig
 
 from beray.augment.be import distract
 from beray.augment.spatial import AugmentConfig as AugmentParams
 from beray.config import Config
-from beray.data.datasets import index_dataset
+from beray.data.datasets import DatasetError, index_dataset
 from beray.data.video import VideoReadError
-from beray.data.views import ViewMaker, ViewSpec, record_row
+from beray.data.views import ViewMaker, Views, ViewSpec, record_row, video_rng
 
 
-ROWS_PER_BLOCK = 8  # records per decode task
+@dataclass(frozen=True)
+class NoiseSpec:
+    """x_d = noise(x_v): the noise type of Table 4 (or FAME) and its parameters."""
+
+    noise: str = "intra_frame"
+    gamma: float = 0.3
+    fg_ratio: float = 0.3  # FAME only
 
 
 @ray.remote(num_cpus=0)
-class SkippedVideos:
-    """The run's ledger of unreadable videos: path -> reason, drained once per epoch."""
+class RunData:
+    """A run's data state: the epoch being drawn, and the unreadable videos (path -> reason)."""
 
     def __init__(self):
+        self.epoch = 0
         self.new: dict[str, str] = {}
         self.total: dict[str, str] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get_epoch(self) -> int:
+        return self.epoch
 
     def add(self, path: str, reason: str) -> None:
         self.new[path] = reason
@@ -50,98 +75,131 @@ class SkippedVideos:
         return dict(self.total)
 
 
-def skipped_videos(run_name: str, create: bool = False):
-    """The ``SkippedVideos`` actor of ``run_name``: created by the driver (so it lives as long as
-    the run), looked up by decode tasks and workers; None when there is none."""
-    name = f"beray-skipped-{run_name}"
+def run_data(run_name: str, create: bool = False):
+    """The ``RunData`` actor of ``run_name``, created by the driver, which must hold its handle
+    (Ray ends an actor when no handle is left); looked up by name, None when there is none."""
+    name = f"beray-data-{run_name}"
     if create:
-        return SkippedVideos.options(name=name, namespace="beray", get_if_exists=True).remote()
+        return RunData.options(name=name, namespace="beray", get_if_exists=True).remote()
     try:
         return ray.get_actor(name, namespace="beray")
     except ValueError:
         return None
 
 
-def view_spec(cfg: Config) -> ViewSpec:
+def view_spec(cfg: Config, views: Views) -> ViewSpec:
     a = cfg.augment
-    return ViewSpec(cfg.method.name, cfg.data.num_frames, cfg.data.stride, cfg.data.decode_size,
+    return ViewSpec(views, cfg.data.num_frames, cfg.data.stride, cfg.data.decode_size,
                     AugmentParams(a.size, tuple(a.crop_scale), a.rotation, tuple(a.jitter), a.jitter_p),
                     cfg.data.decode_timeout_s)
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: ViewSpec, run_name: str, noise: str, gamma: float,
-                 fg_ratio: float) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches``: records -> their views -> x_d = noise(x_v), in one task.
+def noise_spec(cfg: Config) -> NoiseSpec:
+    return NoiseSpec(cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
 
-    An unreadable video is dropped from the batch, counted on the ``beray_skipped_videos``
-    metric and named to the run's ``SkippedVideos`` ledger.
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits ``n`` records: a permutation drawn from (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, n]).permutation(n)
+
+
+def record_table(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows as NumPy columns (zero-copy from the object store in every decode task)."""
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec, noise: NoiseSpec, seed: int,
+               epoch: int, on_skip: Callable[[str, str], None]) -> dict[str, np.ndarray]:
+    """The training batch of records ``indices`` in ``epoch``: their views, then x_d = noise(x_v).
+
+    A video that cannot be read is left out of the batch and passed to ``on_skip(path, reason)``.
     """
     maker = ViewMaker(spec)
     views = []
-    for i in range(len(batch["path"])):
-        record = {k: v.item() if isinstance(v, np.generic) else v for k, v in ((k, batch[k][i]) for k in batch)}
+    for i in indices.tolist():
+        record = {k: col[i].item() for k, col in table.items()}
         try:
-            views.append(maker(record))
+            views.append({**maker(record, video_rng(seed, epoch, i)), "index": i})
         except VideoReadError as e:
-            _skip(run_name, e.path, e.reason)
+            on_skip(e.path, e.reason)
     if not views:
         return {}
     out = {k: np.stack([v[k] for v in views]) for k in views[0]}
-    return add_noise(out, noise, gamma, fg_ratio)
+    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, *indices.tolist()]).integers(2**62)))
+    return add_noise(out, noise, g)
 
 
-def _skip(run_name: str, path: str, reason: str) -> None:
-    from ray.util.metrics import Counter
-
-    Counter("beray_skipped_videos", "Unreadable videos skipped by the data pipeline",
-            tag_keys=("run",)).inc(1, tags={"run": run_name})
-    ledger = skipped_videos(run_name)
-    if ledger is not None:
-        ledger.add.remote(path, reason)
-
-
-def add_noise(batch: dict[str, np.ndarray], noise: str, gamma: float, fg_ratio: float) -> dict[str, np.ndarray]:
+def add_noise(batch: dict[str, np.ndarray], noise: NoiseSpec, generator: torch.Generator | None = None
+              ) -> dict[str, np.ndarray]:
     """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped."""
     with warnings.catch_warnings():  # Ray hands out read-only arrays; x_v is only read
         warnings.simplefilter("ignore", UserWarning)
         x_v = torch.from_numpy(batch.pop("x_v"))
     shape = x_v.shape  # (B, T, C, H, W), or (B, clips, T, C, H, W) for clip order prediction
     flat = x_v.reshape(-1, *shape[-4:])
-    options = {"fg_ratio": fg_ratio} if noise == "fame" else {}
-    batch["x_d"] = distract(flat, noise, gamma, layout="BTCHW", **options).reshape(shape).numpy()
+    options = {"fg_ratio": noise.fg_ratio} if noise.noise == "fame" else {}
+    batch["x_d"] = distract(flat, noise.noise, noise.gamma, generator, layout="BTCHW", **options).reshape(shape).numpy()
     return batch
 
 
+def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, noise: NoiseSpec, state, run_name: str,
+                 seed: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` on one batch number b: batch b of the current epoch, decoded.
+
+    ``records`` is ``record_table``'s columns (or an ObjectRef of them), ``state`` the run's
+    ``RunData`` handle (None: epoch 0, skips only counted). An unreadable video is dropped,
+    counted on the ``beray_skipped_videos`` metric (tagged ``run_name``) and named to ``state``.
+    """
+    table = ray.get(records) if isinstance(records, ray.ObjectRef) else records
+    epoch = ray.get(state.get_epoch.remote()) if state is not None else 0
+    b = int(batch["id"][0])
+    order = epoch_order(len(table["label"]), seed, epoch)
+    return make_batch(table, order[b * batch_size:(b + 1) * batch_size], spec, noise, seed, epoch,
+                      functools.partial(_skip, run_name, state))
+
+
+def _skip(run_name: str, state, path: str, reason: str) -> None:
+    from ray.util.metrics import Counter
+
+    Counter("beray_skipped_videos", "Unreadable videos skipped by the data pipeline",
+            tag_keys=("run",)).inc(1, tags={"run": run_name})
+    if state is not None:
+        state.add.remote(path, reason)
+
+
 def training_records(cfg: Config) -> list[dict]:
-    """The records of ``cfg.data``'s subset as rows; raises DatasetError or ValueError naming what is wrong."""
+    """The records of ``cfg.data``'s subset as rows; raises DatasetError naming what is wrong."""
     index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
     if cfg.data.subset not in index.subsets:
-        raise ValueError(f"data.subset {cfg.data.subset!r} is not in {index.name}; "
-                         f"allowed: {', '.join(index.subsets)}")
+        raise DatasetError(f"data.subset {cfg.data.subset!r} is not in {index.name}; "
+                           f"allowed: {', '.join(index.subsets)}")
     rows = [record_row(r) for r in index.subsets[cfg.data.subset]]
     if len(rows) < cfg.optim.batch_size:
-        raise ValueError(f"{index.name}/{cfg.data.subset} has {len(rows)} videos, fewer than one batch "
-                         f"(optim.batch_size {cfg.optim.batch_size})")
+        raise DatasetError(f"{index.name}/{cfg.data.subset} has {len(rows)} videos, fewer than one batch "
+                           f"(optim.batch_size {cfg.optim.batch_size})")
     return rows
 
 
-def build_dataset(cfg: Config, run_name: str, rows: list[dict] | None = None) -> ray.data.Dataset:
-    """The training stream for ``cfg``: rows with uint8 x_o, x_d (and x_h for MoCo) and label."""
+def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[dict] | None = None
+                  ) -> ray.data.Dataset:
+    """The training stream for ``cfg``: rows with uint8 x_o, x_d (x_h and h_valid when ``views`` ask
+    for them), label and the record's index, in batches of one worker's share of the global batch.
+    ``state`` is the run's ``RunData`` handle: it sets the epoch and collects unreadable videos."""
     rows = list(rows if rows is not None else training_records(cfg))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the training loop prints its own progress
     ctx.print_on_execution_start = False
-    # Shuffle the records once here, then the order of blocks of ROWS_PER_BLOCK records every
-    # epoch (seeded, reseeded per epoch): batches mix videos from across the dataset with no
-    # all-to-all shuffle of decoded clips, and tasks stay big enough to amortise their overhead.
-    # (A full per-epoch shuffle or a local shuffle buffer cost 10-20% of throughput here.)
-    np.random.default_rng(cfg.run.seed).shuffle(rows)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
-    ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.run.seed, reseed_after_execution=True))
     per_worker = cfg.optim.batch_size // cfg.run.workers
-    # One fused operator: decode, views and noise of ``per_worker`` records per call, so the
-    # noises that pair videos (mixup, cutmix, inter_frame, fame) pair them within a batch.
-    return ds.map_batches(decode_batch, batch_size=per_worker, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
+    n_batches = -(-len(rows) // per_worker)
+    # One row (and one task) per batch: decode, views and noise of ``per_worker`` records per
+    # call, so the noises that pair videos pair them within a batch. Order is preserved so a
+    # seed fixes the stream; the permutation inside the tasks does the shuffling.
+    ds = ray.data.range(n_batches, override_num_blocks=n_batches)
+    ds.context.execution_options.preserve_order = True
+    return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
                           concurrency=cfg.data.decode_concurrency,
-                          fn_kwargs={"spec": view_spec(cfg), "run_name": run_name, "noise": cfg.be.noise,
-                                     "gamma": cfg.be.gamma, "fg_ratio": cfg.be.fg_ratio})
+                          fn_kwargs={"records": ray.put(record_table(rows)), "spec": view_spec(cfg, views),
+                                     "noise": noise_spec(cfg), "state": state, "run_name": run_name,
+                                     "seed": cfg.run.seed,
+                                     "batch_size": per_worker})

@@ -44,3 +44,14 @@ def uniform_starts(video_frames: int, num_frames: int, stride: int, num_clips: i
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     last = max_start(video_frames, num_frames, stride)
     return np.rint(np.linspace(0, last, num_clips)).astype(np.int64)
+
+
+def hard_negative_start(video_frames: int, num_frames: int, stride: int, start: int,
+                        rng: np.random.Generator) -> int | None:
+    """The start of x_h, Eq. (7)'s hard negative: another clip of the same video, drawn uniformly
+    from the starts at least half a clip span from x_o's ``start`` (so the two share at most half
+    their frames). None when the video holds no such clip: x_h would be x_o itself."""
+    span = clip_span(num_frames, stride)
+    starts = np.arange(max_start(video_frames, num_frames, stride) + 1)
+    far = starts[np.abs(starts - start) >= max(1, span // 2)]
+    return int(rng.choice(far)) if far.size else None

@@ -3,12 +3,20 @@
 Plain NumPy/PyTorch, no Ray: the Ray Data pipeline maps these over records, and
 the DataLoader baseline of ``beray.bench train`` calls the same functions.
 
-- MoCo: x_o and x_v, two draws of A (a^1, a^2) on one clip; x_h, another clip of
-  the same video with the same draw a^1 as x_o (the hard negative of Eq. 7).
-- rotnet / cubic_puzzle: x_o and x_v.
-- cop: 3 consecutive clips per view, with one draw of A shared by the 3 clips.
+A method declares what it needs as ``Views`` (``beray.methods.build.method_views``);
+``ViewMaker`` builds exactly that:
 
-Clips are uint8 (T, C, H, W); the noise (x_d = BE(x_v)) is applied to batches.
+- x_o and x_v: two draws of A (a^1, a^2) on the same clip(s) (Fig. 2); the noise
+  (x_d = BE(x_v)) is applied later, to whole batches.
+- ``clips`` > 1 (clip order prediction): that many consecutive clips per view,
+  one draw of A shared by them.
+- ``hard_negative`` (MoCo, Eq. 7): x_h, another clip of the same video with x_o's
+  draw a^1, and ``h_valid``, False when the video holds no clip distinct from x_o
+  (then x_h is a copy of x_o and the loss leaves it out).
+
+Every random draw for a video (clip starts, crops, jitter) comes from the
+generator it is given: ``video_rng(seed, epoch, index)`` makes a run reproducible.
+Clips are uint8 (T, C, H, W).
 """
 
 from __future__ import annotations
@@ -24,12 +32,22 @@ from beray.data import sampling
 from beray.data.datasets import VideoRecord
 from beray.data.video import VideoReader
 
-COP_CLIPS = 3
+
+@dataclass(frozen=True)
+class Views:
+    """What a method needs of each video; the pipeline decodes and ships nothing else."""
+
+    clips: int = 1  # consecutive clips per view (clip order prediction: 3)
+    hard_negative: bool = False  # also x_h and h_valid (MoCo + BE, Eq. 7)
+
+    def __post_init__(self):
+        if self.clips < 1 or (self.clips > 1 and self.hard_negative):
+            raise ValueError(f"unsupported views: {self}")
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    method: str  # moco, rotnet, cubic_puzzle, cop
+    views: Views
     num_frames: int
     stride: int
     decode_size: int
@@ -37,52 +55,52 @@ class ViewSpec:
     timeout_s: float | None = None  # per video; slower ones are abandoned as unreadable
 
 
-class ViewMaker:
-    """Callable: a record (``record_row``'s dict) -> dict of uint8 views, or raises VideoReadError."""
+def video_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of every draw made for video ``index`` in ``epoch`` of a run seeded ``seed``."""
+    return np.random.default_rng([seed, epoch, index])
 
-    def __init__(self, spec: ViewSpec, seed: int | None = None):
+
+class ViewMaker:
+    """Callable: (record, rng) -> dict of uint8 views, or raises VideoReadError."""
+
+    def __init__(self, spec: ViewSpec):
         self.spec = spec
         self.transform = augment_a(spec.augment)
-        self.rng = np.random.default_rng(seed)
-        if seed is not None:
-            torch.manual_seed(seed)  # torchvision's v2 transforms draw from torch's global RNG
 
-    def __call__(self, record: dict) -> dict:
-        s = self.spec
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        s, v = self.spec, self.spec.views
+        torch.manual_seed(int(rng.integers(2**62)))  # torchvision's v2 transforms draw from torch's global RNG
+        t = s.num_frames
         with VideoReader(record["path"], timeout_s=s.timeout_s) as reader:
             lo, n = reader.segment(record.get("start_frame"), record.get("end_frame"))
-            clips = COP_CLIPS if s.method == "cop" else (2 if s.method == "moco" else 1)
-            idx = self._indices(n, clips)
-            frames = reader.frames(lo + idx.reshape(-1), s.decode_size)
-        video = to_video(frames)  # (clips * T, C, H, W)
-        t = s.num_frames
-        if s.method == "moco":
+            starts = self._starts(n, rng)
+            idx = np.concatenate([sampling.clip_indices(n, t, s.stride, st) for st in starts if st is not None])
+            video = to_video(reader.frames(lo + idx, s.decode_size))  # (clips * T, C, H, W)
+        out = {"label": record["label"]}
+        if v.hard_negative:
             x_o_h = self._a(video)  # one draw a^1 for x_o and the hard negative x_h
-            return {"x_o": x_o_h[:t], "x_h": x_o_h[t:], "x_v": self._a(video[:t]), "label": record["label"]}
-        if s.method == "cop":
-            x_o, x_v = self._a(video), self._a(video)
-            return {"x_o": x_o.reshape(COP_CLIPS, t, *x_o.shape[1:]), "x_v": x_v.reshape(COP_CLIPS, t, *x_v.shape[1:]),
-                    "label": record["label"]}
-        return {"x_o": self._a(video), "x_v": self._a(video), "label": record["label"]}
+            out.update(x_o=x_o_h[:t], x_v=self._a(video[:t]), h_valid=starts[1] is not None)
+            out["x_h"] = x_o_h[t:] if out["h_valid"] else out["x_o"]  # masked in the loss when not valid
+            return out
+        x_o, x_v = self._a(video), self._a(video)
+        if v.clips > 1:
+            x_o, x_v = (x.reshape(v.clips, t, *x.shape[1:]) for x in (x_o, x_v))
+        return {**out, "x_o": x_o, "x_v": x_v}
 
     def _a(self, video) -> np.ndarray:
         return self.transform(video).as_subclass(Tensor).numpy()
 
-    def _indices(self, n: int, clips: int) -> np.ndarray:
-        """(clips, T) frame indices: MoCo's clip and a different one (its hard negative), or
-        COP's consecutive clips, or one clip."""
-        s = self.spec
-        span = sampling.clip_span(s.num_frames, s.stride)
-        if clips == COP_CLIPS:
-            total = COP_CLIPS * span
-            start = int(self.rng.integers(0, max(n - total, 0) + 1))
-            return np.stack([sampling.clip_indices(n, s.num_frames, s.stride, start + i * span) for i in range(clips)])
-        starts = [sampling.random_start(n, s.num_frames, s.stride, self.rng)]
-        if clips == 2:  # the hard negative: another start, as far from the first as the video allows
-            choices = np.arange(sampling.max_start(n, s.num_frames, s.stride) + 1)
-            far = choices[np.abs(choices - starts[0]) >= span // 2]
-            starts.append(int(self.rng.choice(far if far.size else choices)))
-        return np.stack([sampling.clip_indices(n, s.num_frames, s.stride, st) for st in starts])
+    def _starts(self, n: int, rng: np.random.Generator) -> list[int | None]:
+        """Clip starts: ``clips`` consecutive ones, or one and the hard negative's (None: no distinct clip)."""
+        s, v = self.spec, self.spec.views
+        if v.clips > 1:
+            span = sampling.clip_span(s.num_frames, s.stride)
+            first = int(rng.integers(0, max(n - v.clips * span, 0) + 1))
+            return [first + i * span for i in range(v.clips)]
+        start = sampling.random_start(n, s.num_frames, s.stride, rng)
+        if not v.hard_negative:
+            return [start]
+        return [start, sampling.hard_negative_start(n, s.num_frames, s.stride, start, rng)]
 
 
 def record_row(r: VideoRecord) -> dict:

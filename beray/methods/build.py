@@ -1,14 +1,15 @@
-"""From a config to a method, and from a batch of uint8 clips to its loss (one training step's math)."""
+"""From a config to a method and the views it needs, and from a batch of uint8 clips to its loss
+(one training step's math)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from beray.config import Config
+from beray.data.views import Views
 from beray.methods.moco import MoCoBE
-from beray.methods.pretext import build_pretext
+from beray.methods.pretext import PRETEXTS
 from beray.models import build_backbone
 
 # Kinetics-400 statistics, as torchvision's video models use
@@ -16,13 +17,25 @@ MEAN = torch.tensor([0.43216, 0.394666, 0.37645])
 STD = torch.tensor([0.22803, 0.22145, 0.216989])
 
 
-def build_method(cfg: Config) -> nn.Module:
-    """MoCo + BE (Eq. 7) or a pretext task + BE (Eq. 5) on the configured backbone."""
-    backbone = build_backbone(cfg.model.backbone, cfg.model.width)
+def _method(cfg: Config) -> tuple[type[nn.Module], dict]:
+    """The method's class and its settings from ``cfg.method``."""
     m = cfg.method
     if m.name == "moco":
-        return MoCoBE(backbone, m.dim, m.queue_size, m.momentum, m.tau, m.hard_negative)
-    return build_pretext(m.name, backbone, beta=m.beta)
+        return MoCoBE, {"dim": m.dim, "queue_size": m.queue_size, "momentum": m.momentum, "tau": m.tau,
+                        "hard_negative": m.hard_negative}
+    return PRETEXTS[m.name], {"beta": m.beta}
+
+
+def build_method(cfg: Config) -> nn.Module:
+    """MoCo + BE (Eq. 7) or a pretext task + BE (Eq. 5) on the configured backbone."""
+    cls, kwargs = _method(cfg)
+    return cls(build_backbone(cfg.model.backbone, cfg.model.width), **kwargs)
+
+
+def method_views(cfg: Config) -> Views:
+    """What the configured method needs of each video (its own declaration), for the pipeline."""
+    cls, kwargs = _method(cfg)
+    return cls.views_for(**kwargs)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -38,17 +51,30 @@ def prepare_clips(x: Tensor, device: torch.device) -> Tensor:
     Clips travel as uint8 (4x less than float) and become float only on the device.
     """
     x = x.to(device, non_blocking=True).float().div_(255)
-    x = (x - MEAN.to(device).view(3, 1, 1)) / STD.to(device).view(3, 1, 1)
+    x = (x - MEAN.to(device, non_blocking=True).view(3, 1, 1)) / STD.to(device, non_blocking=True).view(3, 1, 1)
     return x.transpose(-4, -3)
 
 
-def method_loss(model: nn.Module, method: str, batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """The loss of one batch and what to log with it; ``loss`` is what to minimise."""
-    x_o, x_d = prepare_clips(batch["x_o"], device), prepare_clips(batch["x_d"], device)
-    if method == "moco":
-        x_h = prepare_clips(batch["x_h"], device) if "x_h" in batch else None
-        logits, labels = model(x_o, x_d, x_h)
-        loss = F.cross_entropy(logits, labels)
-        acc = (logits.detach().argmax(1) == labels).float().mean()
-        return {"loss": loss, "acc": acc}
-    return model(x_o, x_d)
+CLIPS = ("x_o", "x_d", "x_h")
+
+
+def method_loss(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The loss of one batch and what to log with it; ``loss`` is what to minimise. The batch holds
+    what the method's views asked for; every method takes them by name."""
+    inputs = {k: prepare_clips(batch[k], device) for k in CLIPS if k in batch}
+    if "h_valid" in batch:
+        inputs["h_valid"] = batch["h_valid"].to(device, non_blocking=True)
+    return model(**inputs)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batch: dict[str, Tensor], device: torch.device, amp: bool = False) -> dict[str, Tensor]:
+    """One optimiser step on ``batch``, in float16 autocast with loss scaling when ``amp`` (CUDA),
+    as torch.amp's recipe writes it. Returns the method's outputs (``loss`` and what to log)."""
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        out = method_loss(model, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out

@@ -8,7 +8,9 @@ positive is and adds one negative:
 - positive z_d = phi(f(x_d))          (key encoder; x_d = BE(x_v), Eq. 1)
 - negatives: the queue (other videos, N1 of Eq. 6) and, for Eq. (7), one hard
   negative per video, z_h = phi(f(x_h)), x_h another clip of the same video with
-  augmentation a^1, through the key encoder (N2).
+  augmentation a^1, through the key encoder (N2). Eq. (7) asks x_h != x_o: where a
+  video holds no clip distinct from x_o (``h_valid`` False), its hard-negative logit
+  is left out (-inf), and that sample's term is Eq. (6).
 
 phi is spatio-temporal max pooling (done by the backbone) and a fully connected
 layer to D = 128, L2-normalised. The paper does not give the temperature, the
@@ -26,6 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from beray.data.views import Views
+
 
 class Projection(nn.Module):
     """phi: the backbone's max-pooled vector -> FC to ``dim`` -> L2-normalised z."""
@@ -41,11 +45,15 @@ class Projection(nn.Module):
 
 
 class MoCoBE(nn.Module):
-    """MoCo + BE. ``forward(x_o, x_d, x_h)`` returns logits (B, 1 [+ 1] + K) and labels (all 0).
-
-    Cross-entropy of these logits is Eq. (7) with temperature ``tau`` (Eq. (6)
-    when ``hard_negative`` is False or ``x_h`` is None).
+    """MoCo + BE. ``logits(x_o, x_d, x_h, h_valid)`` gives logits (B, 1 [+ 1] + K) and labels
+    (all 0), whose cross-entropy is Eq. (7) with temperature ``tau`` (Eq. (6) when
+    ``hard_negative`` is False or ``x_h`` is None); ``forward`` returns that loss.
     """
+
+    @classmethod
+    def views_for(cls, hard_negative: bool = True, **_) -> Views:
+        """x_o, x_v, and x_h when the hard negative is used."""
+        return Views(hard_negative=hard_negative)
 
     def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
                  tau: float = 0.07, hard_negative: bool = True, shuffle_bn: bool = True):
@@ -83,7 +91,9 @@ class MoCoBE(nn.Module):
         x, idx_unshuffle = _batch_shuffle_ddp(x)
         return _batch_unshuffle_ddp(self.encoder_k(x), idx_unshuffle)
 
-    def forward(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def logits(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None,
+               h_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits [z_o.z_d, (z_o.z_h), z_o.queue] / tau and labels; ``h_valid`` (B,) bool masks x_h."""
         q = self.encoder_q(x_o)
         with torch.no_grad():
             self._momentum_update_key_encoder()
@@ -91,11 +101,26 @@ class MoCoBE(nn.Module):
             h = self._keys(x_h) if self.hard_negative and x_h is not None else None
         l_pos = (q * k).sum(dim=1, keepdim=True)  # z_o . z_d
         l_neg = q @ self.queue.clone().detach().to(q.dtype)  # N1: the queue
-        parts = [l_pos, l_neg] if h is None else [l_pos, (q * h).sum(dim=1, keepdim=True), l_neg]  # + N2
+        parts = [l_pos, l_neg]
+        if h is not None:  # N2: one hard negative, left out where it is not distinct from x_o
+            l_hard = (q * h).sum(dim=1, keepdim=True)
+            if h_valid is not None:
+                l_hard = l_hard.masked_fill(~h_valid.view(-1, 1).to(torch.bool), float("-inf"))
+            parts.insert(1, l_hard)
         logits = torch.cat(parts, dim=1) / self.tau
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         self._dequeue_and_enqueue(k)
         return logits, labels
+
+    def forward(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None,
+                h_valid: Tensor | None = None) -> dict[str, Tensor]:
+        """Eq. (7): ``loss`` to minimise, ``acc`` (the positive ranked first, detached) and, with
+        ``h_valid``, ``hard_negative_masked``: how many samples of the batch had no hard negative."""
+        logits, labels = self.logits(x_o, x_d, x_h, h_valid)
+        out = {"loss": F.cross_entropy(logits, labels), "acc": (logits.detach().argmax(1) == labels).float().mean()}
+        if h_valid is not None and x_h is not None and self.hard_negative:
+            out["hard_negative_masked"] = (~h_valid.to(torch.bool)).sum().float()
+        return out
 
 
 # -- distributed helpers (MoCo's, made device-agnostic so gloo on CPU runs them) ------------

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from beray.data.views import Views
+
 __all__ = [
     "PRETEXTS", "Pretext", "RotNet", "CubicPuzzle", "ClipOrder", "build_pretext",
     "psi", "be_loss", "permutations", "sample_labels", "permute",
@@ -198,6 +200,11 @@ class Pretext(nn.Module, abc.ABC):
         super().__init__()
         self.backbone, self.beta = backbone, beta
 
+    @classmethod
+    def views_for(cls, **_) -> Views:
+        """x_o and x_v of one clip (x_d = BE(x_v), Fig. 2)."""
+        return Views()
+
     @abc.abstractmethod
     def make_inputs(self, x: Tensor, generator: torch.Generator | None = None,
                     labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -319,6 +326,11 @@ class ClipOrder(Pretext):
         self.pairs = list(itertools.combinations(range(tuple_len), 2))
         self.fc_pair = nn.Linear(2 * backbone.out_channels, hidden)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden * len(self.pairs), self.num_classes))
+
+    @classmethod
+    def views_for(cls, tuple_len: int = 3, **_) -> Views:
+        """x_o and x_v of ``tuple_len`` consecutive clips, one draw of A shared by them."""
+        return Views(clips=tuple_len)
 
     def _check(self, x: Tensor) -> None:
         _check_clips(x, 6, "clip order prediction")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from beray.config import PRESETS, Config, ConfigError, load_config
+from beray import storage as st
+from beray.config import PRESETS, Config, ConfigError, load_config, resume_changes
 
 
 def parse(argv: list[str] | None) -> tuple[Config, str | None]:
@@ -31,15 +31,21 @@ def parse(argv: list[str] | None) -> tuple[Config, str | None]:
     if args.gpus_per_worker is not None:
         overrides.append(f"run.gpus_per_worker={args.gpus_per_worker}")
     if args.resume:
+        from pydantic import ValidationError
+
         from beray.train.launch import load_run_config
 
-        run_dir = Path(args.resume).expanduser().resolve()
+        parent, name = st.split(args.resume)
         try:
-            base = load_run_config(run_dir).model_dump(mode="json")
-        except (FileNotFoundError, ValueError) as e:
+            saved = load_run_config(args.resume)
+        except (FileNotFoundError, ValidationError) as e:
             raise ConfigError(str(e)) from None
-        base["run"]["storage"] = str(run_dir.parent)
-        return load_config(overrides=overrides, base=base), run_dir.name
+        base = saved.model_dump(mode="json")
+        base["run"].update(storage=parent, name=name)
+        cfg = load_config(overrides=overrides, base=base)
+        for field, (old, new) in resume_changes(saved, cfg).items():
+            print(f"resume: {field} {old!r} -> {new!r}", flush=True)
+        return cfg, name
     preset = args.preset or ("paper" if args.config else "cpu-tiny")
     return load_config(args.config, overrides, preset=preset), None
 
@@ -53,31 +59,31 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import TrainingFailedError
 
     from beray.data.datasets import DatasetError
-    from beray.train.launch import fit, run_name
+    from beray.train.launch import fit, run_dir, run_name
 
     print(f"beray: {cfg.method.name} + {cfg.be.noise} (gamma {cfg.be.gamma}) on {cfg.data.dataset}, "
           f"{cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs, {cfg.run.workers} worker(s)",
           flush=True)
     name = name or run_name(cfg)
-    run_dir = Path(cfg.run.storage).expanduser().resolve() / name
+    directory = run_dir(cfg, name)
     try:
         info = fit(cfg, name)
-    except (DatasetError, ValueError) as e:
+    except (ConfigError, DatasetError) as e:  # the user's data or storage; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingFailedError as e:
         print(f"error: training failed after {cfg.run.max_failures} restart(s): {e}", file=sys.stderr)
-        print(f"continue from the last checkpoint with: python -m beray.train --resume {run_dir}", file=sys.stderr)
+        print(f"continue from the last checkpoint with: python -m beray.train --resume {directory}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m beray.train --resume {run_dir}", file=sys.stderr)
+        print(f"\ninterrupted; continue with: python -m beray.train --resume {directory}", file=sys.stderr)
         return 130
     m = info.metrics
     print(f"\ndone: {m.get('epoch')} epochs, loss {m.get('loss', float('nan')):.4f}, "
           f"{m.get('clips_per_s', 0):.1f} clips/s, {m['skipped_total']} video(s) skipped")
     print(f"  checkpoint:  {info.checkpoint}")
-    print(f"  config:      {info.dir / 'config.yaml'}")
-    print(f"  TensorBoard: tensorboard --logdir {info.dir / 'tensorboard'}")
+    print(f"  config:      {st.join(info.dir, 'config.yaml')}")
+    print(f"  TensorBoard: tensorboard --logdir {st.join(info.dir, 'tensorboard')}")
     print(f"  resume:      python -m beray.train --resume {info.dir} --set optim.epochs=N")
     return 0
 

@@ -1,4 +1,8 @@
-"""Training state <-> a checkpoint directory: everything a resumed run needs to continue exactly."""
+"""Training state <-> a checkpoint directory: everything a resumed run needs to continue exactly.
+
+The file holds tensors, numbers, strings and containers only, so it loads with
+``torch.load(..., weights_only=True)``: loading never runs code from the file.
+"""
 
 from __future__ import annotations
 
@@ -32,23 +36,30 @@ def save_state(directory: str | Path, model: nn.Module, optimizer, scheduler, sc
         "epoch": epoch,
         "global_step": global_step,
         "config": config,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }, tmp)
     os.replace(tmp, path)
     return path
 
 
+def _numpy_state() -> tuple:
+    """NumPy's global RNG state with its key as a tensor (a NumPy array would need unpickling code)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
 def load_state(directory: str | Path, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> dict:
     """Restore what ``save_state`` wrote; returns the raw state (its ``epoch`` is the last finished)."""
-    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(state["model"])
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None:
             obj.load_state_dict(state[key])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    name, key, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

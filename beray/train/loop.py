@@ -1,5 +1,12 @@
 """The Ray Train worker loop: a plain PyTorch loop with Ray only at its edges
-(dataset shard in, ``prepare_model``, ``report`` with a checkpoint out)."""
+(dataset shard in, ``prepare_model``, ``report`` with a checkpoint out).
+
+Batches arrive on the worker's device (``iter_torch_batches``' default): anything
+that leaves the step (metrics, logs, images) goes through ``.item()`` or ``.cpu()``.
+Every epoch reseeds this rank's RNG from (run seed, epoch, rank) and tells the data
+pipeline which epoch to draw, so a resumed run continues exactly as the
+uninterrupted one would have.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,30 @@ import math
 import tempfile
 import time
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 
 from beray.config import Config
-from beray.data.pipeline import skipped_videos
-from beray.methods.build import build_method, make_optimizer, method_loss
+from beray.methods.build import build_method, make_optimizer, train_step
 from beray.train.checkpoint import load_state, save_state
 from beray.train.monitor import Monitor, say
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of ``rank`` in ``epoch`` (dropout, pretext labels, MoCo's BN shuffle)."""
+    return int(np.random.default_rng([seed, epoch, rank, 1]).integers(2**62))
+
+
+def sum_over_ranks(x: float, device: torch.device) -> float:
+    """``x`` summed over the Train workers (a device tensor: NCCL reduces CUDA tensors only)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
 
 
 def train_loop_per_worker(config: dict) -> list[dict]:
@@ -42,33 +64,29 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
         if rank == 0:
             say(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
-    torch.manual_seed(cfg.run.seed + 1000 * start_epoch + rank)  # per-rank randomness from here on
 
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     shard = ray.train.get_dataset_shard("train")
+    data = config["run_data"]
     per_worker = o.batch_size // world
-    monitor = Monitor(config["log_dir"], run_name, rank, o.epochs, cfg.run.log_every)
-    ledger = skipped_videos(run_name) if rank == 0 else None
+    monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every)
     history = []
 
     for epoch in range(start_epoch, o.epochs):
         model.train()
+        torch.manual_seed(epoch_seed(cfg.run.seed, epoch, rank))
+        ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the epoch (Ray Data waits for all)
         lr = optimizer.param_groups[0]["lr"]
         batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
-                                                drop_last=True))
-        n_steps, loss_sum, wait, t_epoch = 0, 0.0, 0.0, time.perf_counter()
+                                                drop_last=True, pin_memory=device.type == "cuda"))
+        n_steps, loss_sum, masked, wait, t_epoch = 0, 0.0, 0.0, 0.0, time.perf_counter()
         while cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
                 break
             t1 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = method_loss(model, cfg.method.name, batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            out = train_step(model, optimizer, scaler, batch, device, use_amp)
             loss = out["loss"].item()  # also waits for the device, so the step time is real
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1}, step {n_steps + 1}; "
@@ -76,26 +94,28 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             t2 = time.perf_counter()
             if n_steps == 0 and cfg.run.images_every and epoch % cfg.run.images_every == 0:
                 monitor.images(global_step, batch)
+            logged = {k: v.detach().item() for k, v in out.items() if k != "loss"}
+            masked += logged.get("hard_negative_masked", 0.0)
             wait += t1 - t0
             loss_sum += loss
             n_steps += 1
             global_step += 1
             monitor.step(epoch, n_steps - 1, global_step, {
                 "loss": loss, "lr": lr, "clips_per_s": world * per_worker / (t2 - t0),
-                "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0),
-                **{k: float(v.detach()) for k, v in out.items() if k != "loss"},
-            })
+                "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0), **logged})
         if n_steps == 0:
             raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "
                                "the data has fewer readable videos than optim.batch_size")
         scheduler.step()
         elapsed = time.perf_counter() - t_epoch
-        skipped = ray.get(ledger.drain.remote()) if ledger is not None else {}
+        skipped = ray.get(data.drain.remote()) if rank == 0 else {}
         metrics = {"epoch": epoch + 1, "loss": loss_sum / n_steps, "lr": lr, "steps": n_steps,
+                   "clips": world * per_worker * n_steps, "hard_negatives_masked": sum_over_ranks(masked, device),
                    "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
                    "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
         history.append(metrics)
-        monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items() if isinstance(v, float)}, skipped)
+        monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items()
+                                            if isinstance(v, (int, float)) and k != "epoch"}, skipped)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:

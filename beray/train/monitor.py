@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import numpy as np
 import torch
-
 from ray.util.metrics import Gauge
+
+from beray import storage
 
 STARVED = 0.2  # fraction of step time waiting for data above which the loop says so
 
@@ -20,13 +22,18 @@ def say(line: str) -> None:
 
 
 class Monitor:
+    """``log_dir`` is a local folder or a URI (then TensorBoard writes to a local folder that is
+    uploaded there at the end of every epoch)."""
+
     def __init__(self, log_dir: str, run_name: str, rank: int, epochs: int, log_every: int):
         self.rank, self.epochs, self.log_every = rank, epochs, log_every
         self.tags = {"run": run_name, "rank": str(rank)}
-        self.writer = None
+        self.writer, self.upload_to = None, None
         if rank == 0:
             from tensorboardX import SummaryWriter
 
+            if storage.is_uri(log_dir):
+                self.upload_to, log_dir = log_dir, tempfile.mkdtemp(prefix=f"beray-tensorboard-{run_name}-")
             self.writer = SummaryWriter(log_dir)
         keys = ("run", "rank")
         self.gauges = {
@@ -49,11 +56,11 @@ class Monitor:
                   f"data wait {100 * values['data_wait_fraction']:.0f}%")
 
     def images(self, global_step: int, batch: dict[str, torch.Tensor]) -> None:
-        """A few frames of the first video's x_o and x_d (uint8 (T, C, H, W)) side by side."""
+        """A few frames of the first video's x_o and x_d (uint8 (T, C, H, W), on any device)."""
         if self.writer is None:
             return
         for key in ("x_o", "x_d"):
-            clip = batch[key][0]
+            clip = batch[key][0].cpu()
             clip = clip.reshape(-1, *clip.shape[-3:])  # clip-order tuples: their clips one after another
             picks = np.linspace(0, len(clip) - 1, min(8, len(clip))).round().astype(int)
             self.writer.add_images(f"clips/{key}", clip[picks].numpy(), global_step, dataformats="NCHW")
@@ -65,8 +72,13 @@ class Monitor:
             self.writer.add_scalar(f"epoch/{k}", v, epoch + 1)
         self.writer.add_scalar("data/skipped_videos", len(skipped), epoch + 1)
         self.writer.flush()
+        if self.upload_to is not None:
+            storage.upload_dir(self.writer.logdir, self.upload_to)
         line = (f"epoch {epoch + 1}/{self.epochs} done: loss {values['loss']:.4f}  clips/s "
                 f"{values['clips_per_s']:.1f}  data wait {100 * values['data_wait_fraction']:.0f}%")
+        if values.get("hard_negatives_masked"):
+            line += (f"  hard negative left out for {values['hard_negatives_masked']:.0f} of {values['clips']:.0f}"
+                     " clips (no clip of the video distinct from x_o)")
         if skipped:
             line += f"  skipped {len(skipped)} unreadable video(s): " + "; ".join(
                 f"{p} ({r})" for p, r in sorted(skipped.items()))
@@ -79,3 +91,5 @@ class Monitor:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            if self.upload_to is not None:
+                storage.upload_dir(self.writer.logdir, self.upload_to)

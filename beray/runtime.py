@@ -1,0 +1,42 @@
+"""The Ray instance beray runs on: join ``RAY_ADDRESS``'s cluster or start a local one, with the
+process settings that keep long runs lean. One place for train, bench, tests and sweeps."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import ray
+
+# Ray kills worker processes idle for 1 s by default; a decode task's process then pays the
+# imports of torch, torchvision and PyAV again at every epoch (seconds on a small machine).
+# Keep them for 10 minutes. On a cluster: `ray start --system-config=...` (README).
+SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
+
+# glibc gives each thread its own malloc arena (up to 8 per core) and each arena keeps its
+# high-water mark, so under Ray's and Ray Data's threads resident memory ratchets up for tens of
+# thousands of clips. Two arenas: `python -m beray.bench soak`'s pipeline growth went from 1.05 to
+# 0.72 MB per 1,000 clips (2 cores, 20k clips). On a cluster, export it before `ray start` (README).
+MALLOC_ARENA_MAX = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def cap_malloc_arenas(n: int = MALLOC_ARENA_MAX) -> None:
+    """Cap glibc's malloc arenas at ``n`` in this process (now) and in the processes it starts
+    (through MALLOC_ARENA_MAX); a value the user set wins. A no-op without glibc."""
+    value = os.environ.setdefault("MALLOC_ARENA_MAX", str(n))
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, int(value))
+    except (OSError, AttributeError, ValueError):
+        pass  # not glibc, or the user's own value is not a number: glibc ignores it too
+
+
+def init_ray(**kwargs) -> dict:
+    """Join ``RAY_ADDRESS``'s cluster if set, else start a local instance (no-op when connected)."""
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            kwargs.setdefault("_system_config", SYSTEM_CONFIG)
+            cap_malloc_arenas()  # before the raylet starts: its workers inherit the setting
+        return ray.init(address=address, log_to_driver=True, **kwargs).address_info
+    return {}

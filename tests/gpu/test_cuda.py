@@ -1,0 +1,67 @@
+"""The GPU path, where CUDA is present: BE on the device, AMP steps, and short Ray Train runs
+whose batches arrive on CUDA (images, metrics and checkpoints must leave the device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from beray.augment.be import NOISES, distract
+from beray.config import load_config
+from beray.methods.build import build_method, make_optimizer, train_step
+from beray.tbevents import read_events
+from beray.train.launch import fit
+from beray.train.monitor import Monitor
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("noise", list(NOISES))
+def test_every_noise_on_cuda_matches_the_cpu(noise):
+    x = torch.randint(0, 256, (4, 8, 3, 32, 32), dtype=torch.uint8)
+    cpu = distract(x, noise, 0.3, torch.Generator().manual_seed(1), layout="BTCHW")
+    gpu = distract(x.to(CUDA), noise, 0.3, torch.Generator().manual_seed(1), layout="BTCHW")
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8
+    assert (gpu.cpu().int() - cpu.int()).abs().max() <= 1  # float rounding may differ by one grey level
+
+
+@pytest.mark.parametrize("method", ["moco", "rotnet"])
+def test_amp_steps_on_cuda_are_finite_and_move_the_weights(method):
+    cfg = load_config(None, [f"method.name={method}", "optim.amp=true", "optim.batch_size=4",
+                             "data.num_frames=8"], preset="cpu-tiny")
+    torch.manual_seed(0)
+    model = build_method(cfg).to(CUDA).train()
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda")
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    batch = {k: torch.randint(0, 256, (4, 8, 3, 32, 32), dtype=torch.uint8, device=CUDA) for k in ("x_o", "x_d")}
+    if method == "moco":
+        batch.update(x_h=batch["x_o"].flip(1), h_valid=torch.tensor([True, True, False, True], device=CUDA))
+    for _ in range(3):
+        out = train_step(model, optimizer, scaler, batch, CUDA, amp=True)
+        assert torch.isfinite(out["loss"]).item()
+    assert scaler.get_scale() > 0
+    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_monitor_images_take_cuda_batches(tmp_path):
+    monitor = Monitor(str(tmp_path), "gpu-images", rank=0, epochs=1, log_every=1)
+    clip = torch.randint(0, 256, (2, 8, 3, 16, 16), dtype=torch.uint8, device=CUDA)
+    monitor.images(0, {"x_o": clip, "x_d": clip})
+    monitor.close()
+    assert {"clips/x_o", "clips/x_d"} <= set(read_events(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["moco", "rotnet"])
+def test_two_step_training_on_a_gpu_worker(ray_cluster, tiny_synth, tmp_path, overrides, method):
+    name = f"gpu-{method}"
+    cfg = load_config(None, overrides(tiny_synth, tmp_path, name, epochs=1) + [
+        f"method.name={method}", "run.workers=1", "run.gpus_per_worker=1", "run.cpus_per_worker=1",
+        "run.max_steps_per_epoch=2", "run.images_every=1", "optim.amp=true"], preset="cpu-tiny")
+    info = fit(cfg, name)
+    assert info.metrics["steps"] == 2 and info.metrics["loss"] > 0
+    state = torch.load(f"{info.checkpoint}/state.pt", map_location="cpu", weights_only=True)
+    assert state["rng"]["cuda"] is not None and state["scaler"]["scale"] > 0
+    events = read_events(tmp_path / name / "tensorboard")
+    assert "clips/x_o" in events and len(events["train/loss"]) == 2

@@ -1,0 +1,91 @@
+"""The same seed gives the same run; a resumed run continues as the uninterrupted one; resume
+refuses what it cannot honour; storage may be a URI; only the user's errors exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+from beray.config import load_config
+from beray.tbevents import read_events
+from beray.train.launch import fit
+
+
+def _cfg(tiny_synth, storage, name, epochs, seed=0, extra=()):
+    overrides = tiny_overrides(tiny_synth, storage, name, epochs) + [
+        "run.workers=1", "run.cpus_per_worker=1", f"run.seed={seed}", "run.images_every=0", *extra]
+    return load_config(None, overrides, preset="cpu-tiny")
+
+
+def _losses(info) -> list[float]:
+    return [m["loss"] for m in info.metrics["history"]]
+
+
+def test_same_seed_same_losses_and_resume_continues_the_stream(ray_cluster, tiny_synth, tmp_path):
+    whole = _losses(fit(_cfg(tiny_synth, tmp_path, "whole", 3)))
+    first = _losses(fit(_cfg(tiny_synth, tmp_path, "split", 2)))
+    assert first == whole[:2]  # same seed: identical per-epoch losses
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", str(tmp_path / "split"),
+                          "--set", "optim.epochs=3"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resume: optim.epochs 2 -> 3" in res.stdout
+    assert f"loss {whole[2]:.4f}" in res.stdout.split("\ndone:")[1]  # epoch 3 as the uninterrupted run's
+    other = _losses(fit(_cfg(tiny_synth, tmp_path, "other", 1, seed=1)))
+    assert other[0] != whole[0]
+
+
+def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, tiny_synth):
+    run = tmp_path / "r"
+    run.mkdir()
+    from beray.config import to_yaml
+
+    (run / "config.yaml").write_text(to_yaml(_cfg(tiny_synth, tmp_path, "r", 2)))
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # nothing may start
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", str(run), "--set", "optim.lr=0.5",
+                          "--set", "be.gamma=0.1", "--set", "optim.epochs=4"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "optim.lr: 0.05 -> 0.5" in res.stderr and "be.gamma: 0.3 -> 0.1" in res.stderr
+    assert "optim.epochs" not in res.stderr.split("allowed on resume")[0]  # that one may change
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and "is not a beray run" in res.stderr
+
+
+def test_storage_uri_holds_config_checkpoints_and_tensorboard(ray_cluster, tiny_synth, tmp_path):
+    uri = f"file://{tmp_path}/remote"
+    info = fit(_cfg(tiny_synth, uri, "uri", 1))
+    run = tmp_path / "remote" / "uri"
+    assert info.dir == f"{uri}/uri"
+    assert (run / "config.yaml").exists()
+    assert Path(info.checkpoint).parent == run and (Path(info.checkpoint) / "state.pt").exists()
+    assert len(read_events(run / "tensorboard")["epoch/loss"]) == 1
+
+
+def test_a_bug_shows_its_traceback_and_exits_1(monkeypatch, capsys, tiny_synth, tmp_path):
+    from beray.train import __main__ as cli
+    from beray.train import launch
+
+    def bug(cfg, name):
+        raise ValueError("an internal error, not the user's")
+
+    monkeypatch.setattr(launch, "fit", bug)
+    with pytest.raises(ValueError, match="internal error"):  # python -m turns it into a traceback, exit 1
+        cli.main(["--set", f"data.root={tiny_synth}", "--set", f"run.storage={tmp_path}"])
+    monkeypatch.undo()
+    code = cli.main(["--set", f"data.root={tmp_path}", "--set", "data.dataset=ucf101", "--set",
+                     f"run.storage={tmp_path}"])  # a user's mistake: the data is not there
+    assert code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_videos_too_short_for_a_hard_negative_are_counted(ray_cluster, tiny_synth, tmp_path):
+    # 12-frame videos, clips of 4 frames at stride 4 (13-frame span, looped): no clip distinct from x_o
+    info = fit(_cfg(tiny_synth, tmp_path, "short", 1, extra=["data.stride=4"]))
+    assert info.metrics["hard_negatives_masked"] == info.metrics["clips"] == 12
+    assert info.metrics["loss"] > 0
