@@ -89,10 +89,11 @@ def test_starvation_is_logged_and_warned_with_a_remedy(ray_cluster, tmp_path, ca
     from beray.tbevents import read_events
     from beray.train.monitor import Monitor
 
-    monitor = Monitor(str(tmp_path), "starved-test", rank=0, epochs=2, log_every=1)
+    monitor = Monitor(str(tmp_path), "starved-test", rank=0, epochs=3, log_every=1)
     values = {"loss": 1.0, "lr": 0.1, "clips_per_s": 5.0, "data_wait_fraction": 0.45}
     monitor.epoch(0, 10, values, {})
     monitor.epoch(1, 20, {**values, "data_wait_fraction": 0.05}, {"/v/bad.mp4": "empty file (0 bytes)"})
+    monitor.epoch(2, 30, {**values, "data_wait_after_first": 0.02}, {})  # only the pipeline's start-up waited
     monitor.close()
     out = capfd.readouterr().out.splitlines()
     warnings = [line for line in out if line.startswith("warning: ")]
@@ -100,8 +101,8 @@ def test_starvation_is_logged_and_warned_with_a_remedy(ray_cluster, tmp_path, ca
     assert "data.decode_concurrency" in warnings[0] and "data.decode_size" in warnings[0]
     assert any("skipped 1 unreadable video(s): /v/bad.mp4 (empty file (0 bytes))" in line for line in out)
     events = read_events(tmp_path)
-    assert [v for _, v in events["epoch/data_wait_fraction"]] == pytest.approx([0.45, 0.05])
-    assert [v for _, v in events["data/skipped_videos"]] == [0.0, 1.0]
+    assert [v for _, v in events["epoch/data_wait_fraction"]] == pytest.approx([0.45, 0.05, 0.45])
+    assert [v for _, v in events["data/skipped_videos"]] == [0.0, 1.0, 0.0]
 
 
 def test_ray_processes_started_by_beray_cap_malloc_arenas(ray_cluster):

@@ -80,6 +80,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
                                                 drop_last=True, pin_memory=device.type == "cuda"))
         n_steps, loss_sum, masked, wait, t_epoch = 0, 0.0, 0.0, 0.0, time.perf_counter()
+        first_wait = first_step = 0.0  # the first batch also waits for the epoch's pipeline to start
         while cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -97,6 +98,8 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             logged = {k: v.detach().item() for k, v in out.items() if k != "loss"}
             masked += logged.get("hard_negative_masked", 0.0)
             wait += t1 - t0
+            if n_steps == 0:
+                first_wait, first_step = t1 - t0, time.perf_counter() - t0
             loss_sum += loss
             n_steps += 1
             global_step += 1
@@ -112,6 +115,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         metrics = {"epoch": epoch + 1, "loss": loss_sum / n_steps, "lr": lr, "steps": n_steps,
                    "clips": world * per_worker * n_steps, "hard_negatives_masked": sum_over_ranks(masked, device),
                    "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
+                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
                    "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
         history.append(metrics)
         monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items()
