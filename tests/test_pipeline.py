@@ -13,7 +13,7 @@ from beray.methods.build import method_views
 
 def _epoch(ds, state, epoch: int, per_batch: int) -> list[dict]:
     ray.get(state.set_epoch.remote(epoch))
-    return [{k: v.numpy() for k, v in b.items()}
+    return [{k: v.cpu().numpy() for k, v in b.items()}
             for b in ds.iter_torch_batches(batch_size=per_batch, drop_last=False)]
 
 
