@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -18,13 +19,21 @@ def resolve(storage: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base).joinpath(*parts))
+    """``base``/parts; a URI's query (``s3://b/runs?region=x``) stays at the end."""
+    if not is_uri(base):
+        return str(Path(base).joinpath(*parts))
+    u = urlsplit(base)
+    return urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
 
 
 def split(path: str) -> tuple[str, str]:
-    """(parent, name) of a run directory, local or URI."""
-    parent, _, name = resolve(path).rstrip("/").rpartition("/")
-    return parent, name
+    """(parent, name) of a run directory, local or URI (its query kept on the parent)."""
+    if not is_uri(path):
+        p = Path(resolve(path))
+        return str(p.parent), p.name
+    u = urlsplit(path)
+    parent, _, name = u.path.rstrip("/").rpartition("/")
+    return urlunsplit(u._replace(path=parent)), name
 
 
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:

@@ -89,3 +89,22 @@ def test_videos_too_short_for_a_hard_negative_are_counted(ray_cluster, tiny_synt
     info = fit(_cfg(tiny_synth, tmp_path, "short", 1, extra=["data.stride=4"]))
     assert info.metrics["hard_negatives_masked"] == info.metrics["clips"] == 12
     assert info.metrics["loss"] > 0
+
+
+def test_a_run_name_that_exists_resumes_only_with_what_resume_allows(tiny_synth, tmp_path):
+    from beray.config import ConfigError, to_yaml
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text(to_yaml(_cfg(tiny_synth, tmp_path, "taken", 2)))
+    with pytest.raises(ConfigError, match="(?s)already holds a run.*be.gamma: 0.3 -> 0.1"):
+        fit(_cfg(tiny_synth, tmp_path, "taken", 2, extra=["be.gamma=0.1"]))  # refused before Ray is asked
+
+
+def test_storage_uris_keep_their_query_and_local_paths_resolve():
+    from beray import storage as st
+
+    assert st.join("s3://b/runs?region=x", "r1", "config.yaml") == "s3://b/runs/r1/config.yaml?region=x"
+    assert st.split("s3://b/runs/r1?region=x") == ("s3://b/runs?region=x", "r1")
+    assert st.split("file:///tmp/a/r1/") == ("file:///tmp/a", "r1")
+    assert st.split("~/runs/r") == (str(Path("~/runs").expanduser()), "r")
+

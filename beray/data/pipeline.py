@@ -101,7 +101,7 @@ def noise_spec(cfg: Config) -> NoiseSpec:
 @functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which epoch ``epoch`` visits ``n`` records: a permutation drawn from (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, n]).permutation(n)
+    return np.random.default_rng([seed, epoch, 2, n]).permutation(n)
 
 
 def record_table(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -126,7 +126,7 @@ def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
     if not views:
         return {}
     out = {k: np.stack([v[k] for v in views]) for k in views[0]}
-    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, *indices.tolist()]).integers(2**62)))
+    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 1, *indices.tolist()]).integers(2**62)))
     return add_noise(out, noise, g)
 
 

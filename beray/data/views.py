@@ -57,7 +57,7 @@ class ViewSpec:
 
 def video_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of every draw made for video ``index`` in ``epoch`` of a run seeded ``seed``."""
-    return np.random.default_rng([seed, epoch, index])
+    return np.random.default_rng([seed, epoch, 0, index])  # 0: video draws (1: noise, 2: order, 3: ranks)
 
 
 class ViewMaker:

@@ -31,14 +31,12 @@ def parse(argv: list[str] | None) -> tuple[Config, str | None]:
     if args.gpus_per_worker is not None:
         overrides.append(f"run.gpus_per_worker={args.gpus_per_worker}")
     if args.resume:
-        from pydantic import ValidationError
-
         from beray.train.launch import load_run_config
 
         parent, name = st.split(args.resume)
         try:
             saved = load_run_config(args.resume)
-        except (FileNotFoundError, ValidationError) as e:
+        except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
         base = saved.model_dump(mode="json")
         base["run"].update(storage=parent, name=name)

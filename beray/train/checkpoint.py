@@ -54,7 +54,7 @@ def load_state(directory: str | Path, model: nn.Module, optimizer=None, schedule
     state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(state["model"])
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-        if obj is not None:
+        if obj is not None and state[key]:  # a disabled (CPU) scaler saved {}: an enabled one starts afresh
             obj.load_state_dict(state[key])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])

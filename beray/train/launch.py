@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 
 import pyarrow as pa
+from pydantic import ValidationError
 import ray
 import yaml
 
 from beray import storage as st
-from beray.config import Config, ConfigError, to_yaml
+from beray.config import Config, ConfigError, resume_changes, to_yaml
 from beray.runtime import init_ray
 
 
@@ -48,6 +49,16 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
     rows = training_records(cfg)  # a bad dataset fails here, before Ray starts
     storage = st.resolve(cfg.run.storage)
     directory = st.join(storage, name)
+    try:
+        saved = load_run_config(directory)
+    except FileNotFoundError:
+        saved = None
+    if saved is not None:  # Ray Train resumes a run of this name: only what a resume allows may change
+        try:
+            resume_changes(saved, cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{directory} already holds a run, which this one would resume; pick another "
+                              f"run.name. {e}") from None
     try:
         st.write_text(st.join(directory, "config.yaml"), to_yaml(cfg))
     except (OSError, pa.ArrowException) as e:
@@ -93,4 +104,7 @@ def load_run_config(directory: str) -> Config:
         text = st.read_text(st.join(st.resolve(directory), "config.yaml"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{directory} is not a beray run (no config.yaml)") from None
-    return Config.model_validate(yaml.safe_load(text))
+    try:
+        return Config.model_validate(yaml.safe_load(text))
+    except (ValidationError, yaml.YAMLError) as e:
+        raise ConfigError(f"{directory}/config.yaml is not a valid beray config: {e}") from None

@@ -28,7 +28,7 @@ from beray.train.monitor import Monitor, say
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The torch seed of ``rank`` in ``epoch`` (dropout, pretext labels, MoCo's BN shuffle)."""
-    return int(np.random.default_rng([seed, epoch, rank, 1]).integers(2**62))
+    return int(np.random.default_rng([seed, epoch, 3, rank]).integers(2**62))
 
 
 def sum_over_ranks(x: float, device: torch.device) -> float:

@@ -65,3 +65,17 @@ def test_two_step_training_on_a_gpu_worker(ray_cluster, tiny_synth, tmp_path, ov
     assert state["rng"]["cuda"] is not None and state["scaler"]["scale"] > 0
     events = read_events(tmp_path / name / "tensorboard")
     assert "clips/x_o" in events and len(events["train/loss"]) == 2
+
+
+def test_a_cpu_checkpoint_resumes_with_an_enabled_scaler(tmp_path):
+    from torch import nn
+
+    from beray.train.checkpoint import load_state, save_state
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+    save_state(tmp_path, model, opt, sched, torch.amp.GradScaler("cuda", enabled=False), 4, {})
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=True)  # now on a GPU with AMP
+    assert load_state(tmp_path, model, opt, sched, scaler)["epoch"] == 4
+    assert scaler.get_scale() == 1024.0  # left as it starts, not loaded from {}
