@@ -1,0 +1,1 @@
+"""Evaluation of pretrained checkpoints (issue 10, in progress): metrics first."""
