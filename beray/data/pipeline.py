@@ -139,6 +139,7 @@ def add_noise(batch: dict[str, np.ndarray], noise: NoiseSpec, generator: torch.G
     shape = x_v.shape  # (B, T, C, H, W), or (B, clips, T, C, H, W) for clip order prediction
     flat = x_v.reshape(-1, *shape[-4:])
     options = {"fg_ratio": noise.fg_ratio} if noise.noise == "fame" else {}
+    # x_v came from NumPy in a decode task (or a DataLoader worker): a CPU tensor, by construction
     batch["x_d"] = distract(flat, noise.noise, noise.gamma, generator, layout="BTCHW", **options).reshape(shape).numpy()
     return batch
 
