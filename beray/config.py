@@ -68,18 +68,20 @@ class BEConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["moco", "rotnet", "cubic_puzzle", "cop"] = "moco"
+    name: Literal["moco", "rotnet", "cubic_puzzle", "cop", "finetune"] = "moco"  # finetune: supervised (Sec. 4.1)
     beta: float = Field(1.0, ge=0.0)  # Eq. (5) weight of the BE term (pretext methods); paper 1
     dim: int = Field(128, ge=1)  # D of the MoCo projection; paper 128
     queue_size: int = Field(16384, ge=1)
     momentum: float = Field(0.999, ge=0.0, le=1.0)
     tau: float = Field(0.07, gt=0.0)
     hard_negative: bool = True  # Eq. (7); False gives Eq. (6)
+    num_classes: int | None = Field(None, ge=2)  # finetune only: the dataset's classes
 
 
 class ModelConfig(_Section):
     backbone: str = "i3d"  # the paper's MoCo+BE backbone (Tables 1, 4)
     width: float = Field(1.0, gt=0.0)  # channel multiplier; < 1 for tiny CPU models
+    pretrained: str | None = None  # a beray state.pt whose backbone initialises this one (fine-tuning)
 
     @field_validator("backbone")
     @classmethod
@@ -127,6 +129,8 @@ class Config(_Section):
         if self.optim.batch_size % self.run.workers:
             raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be divisible by run.workers "
                              f"({self.run.workers})")
+        if self.method.name == "finetune" and self.method.num_classes is None:
+            raise ValueError("method.num_classes is required for method finetune")
         if self.data.dataset != "synth" and self.data.root is None:
             raise ValueError(f"data.root is required for dataset {self.data.dataset}")
         if self.data.root is not None and not Path(self.data.root).expanduser().exists():

@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
     k.add_argument("--epoch-clips", type=int, default=4_800,
                    help="clips per pipeline epoch: the synthetic set repeated (default 4,800)")
-    for p in (d, b, t, k):
+    e = sub.add_parser("extract", help="frozen feature extraction (Ray Data batch inference) vs the model alone")
+    e.add_argument("--preset", default="cpu-tiny", help="config preset (default cpu-tiny)")
+    e.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                   help="overrides (default: model.width=0.5 augment.size=64 data.num_frames=16)")
+    e.add_argument("--batch-size", type=int, default=32, help="clips per model call (default 32)")
+    for p in (d, b, t, k, e):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -53,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res))
         else:
             train.print_table(res)
+    elif args.name == "extract":
+        from beray.bench import extract
+
+        res = extract.run(args.preset, args.overrides, args.batch_size)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            extract.print_table(res)
     elif args.name == "soak":
         from beray.bench import soak
 

@@ -39,6 +39,11 @@ class DatasetIndex:
     classes: list[str]
     missing: list[str] = field(default_factory=list)  # files the split names but the disk lacks (Kinetics)
 
+    @property
+    def num_classes(self) -> int:
+        """The named classes, or (labels without names) one more than the largest label."""
+        return len(self.classes) or 1 + max((r.label for rs in self.subsets.values() for r in rs), default=0)
+
 
 class DatasetError(Exception):
     """A dataset root or split file is not where or what it should be."""

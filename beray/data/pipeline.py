@@ -111,7 +111,8 @@ def record_table(rows: list[dict]) -> dict[str, np.ndarray]:
 
 def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec, noise: NoiseSpec, seed: int,
                epoch: int, on_skip: Callable[[str, str], None]) -> dict[str, np.ndarray]:
-    """The training batch of records ``indices`` in ``epoch``: their views, then x_d = noise(x_v).
+    """The training batch of records ``indices`` in ``epoch``: their views, then x_d = noise(x_v)
+    (when the views hold an x_v).
 
     A video that cannot be read is left out of the batch and passed to ``on_skip(path, reason)``.
     """
@@ -132,7 +133,10 @@ def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
 
 def add_noise(batch: dict[str, np.ndarray], noise: NoiseSpec, generator: torch.Generator | None = None
               ) -> dict[str, np.ndarray]:
-    """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped."""
+    """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped;
+    a batch without x_v (a method that asked for no distracting view) passes unchanged."""
+    if "x_v" not in batch:
+        return batch
     with warnings.catch_warnings():  # Ray hands out read-only arrays; x_v is only read
         warnings.simplefilter("ignore", UserWarning)
         x_v = torch.from_numpy(batch.pop("x_v"))

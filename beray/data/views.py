@@ -8,6 +8,7 @@ A method declares what it needs as ``Views`` (``beray.methods.build.method_views
 
 - x_o and x_v: two draws of A (a^1, a^2) on the same clip(s) (Fig. 2); the noise
   (x_d = BE(x_v)) is applied later, to whole batches.
+- ``distract=False`` (supervised fine-tuning): x_o alone, no x_v and no noise.
 - ``clips`` > 1 (clip order prediction): that many consecutive clips per view,
   one draw of A shared by them.
 - ``hard_negative`` (MoCo, Eq. 7): x_h, another clip of the same video with x_o's
@@ -39,9 +40,10 @@ class Views:
 
     clips: int = 1  # consecutive clips per view (clip order prediction: 3)
     hard_negative: bool = False  # also x_h and h_valid (MoCo + BE, Eq. 7)
+    distract: bool = True  # x_v, from which the pipeline makes x_d (False: x_o alone, as fine-tuning needs)
 
     def __post_init__(self):
-        if self.clips < 1 or (self.clips > 1 and self.hard_negative):
+        if self.clips < 1 or (self.clips > 1 and self.hard_negative) or (self.hard_negative and not self.distract):
             raise ValueError(f"unsupported views: {self}")
 
 
@@ -82,10 +84,10 @@ class ViewMaker:
             out.update(x_o=x_o_h[:t], x_v=self._a(video[:t]), h_valid=starts[1] is not None)
             out["x_h"] = x_o_h[t:] if out["h_valid"] else out["x_o"]  # masked in the loss when not valid
             return out
-        x_o, x_v = self._a(video), self._a(video)
+        x = {"x_o": self._a(video), **({"x_v": self._a(video)} if v.distract else {})}
         if v.clips > 1:
-            x_o, x_v = (x.reshape(v.clips, t, *x.shape[1:]) for x in (x_o, x_v))
-        return {**out, "x_o": x_o, "x_v": x_v}
+            x = {k: c.reshape(v.clips, t, *c.shape[1:]) for k, c in x.items()}
+        return {**out, **x}
 
     def _a(self, video) -> np.ndarray:
         return self.transform(video).as_subclass(Tensor).numpy()

@@ -8,9 +8,12 @@
   correct when one of its K nearest gallery clips shares its class.
 - ``clip_average``: Section 4.1's test protocol, a video's prediction is the mean
   of its clips' softmax predictions.
+- ``pearson``: Section 4.5's correlation, rho and its exact p-value.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +52,50 @@ def retrieval_recall(gallery: Tensor, gallery_labels: Tensor, queries: Tensor, q
 def clip_average(logits: Tensor) -> Tensor:
     """(videos, clips, classes) logits -> (videos, classes): the mean of the clips' softmax."""
     return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+def pearson(x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Pearson's rho of two samples and its two-sided p-value under the null of no correlation: under
+    it, (rho + 1) / 2 follows Beta(n/2 - 1, n/2 - 1) (the exact test ``scipy.stats.pearsonr`` runs).
+    Both are NaN when a sample is constant."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    n = x.numel()
+    if n < 3:
+        raise ValueError(f"Pearson's rho needs at least 3 points, got {n}")
+    if x.norm() == 0 or y.norm() == 0:  # a constant sample: rho is undefined
+        return float("nan"), float("nan")
+    rho = max(-1.0, min(1.0, float((x @ y) / (x.norm() * y.norm()))))
+    a = n / 2 - 1
+    return rho, min(1.0, 2 * betainc(a, a, (1 - abs(rho)) / 2))
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b) (Numerical Recipes' continued fraction)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point: use the symmetry
+        return 1.0 - betainc(b, a, 1 - x)
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+            c = 1.0 + num / c
+            c = c if abs(c) > 1e-300 else 1e-300
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return front * h / a
+
+
+def per_class_accuracy(scores: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(num_classes,) top-1 accuracy of each class's samples; NaN for a class with none."""
+    hit = (scores.argmax(dim=1) == labels).float()
+    n = torch.zeros(num_classes).scatter_add_(0, labels, torch.ones_like(hit))
+    return torch.zeros(num_classes).scatter_add_(0, labels, hit) / n

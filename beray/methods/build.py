@@ -10,7 +10,8 @@ from beray.config import Config
 from beray.data.views import Views
 from beray.methods.moco import MoCoBE
 from beray.methods.pretext import PRETEXTS
-from beray.models import build_backbone
+from beray.methods.supervised import Classifier
+from beray.models import Backbone, build_backbone
 
 # Kinetics-400 statistics, as torchvision's video models use
 MEAN = torch.tensor([0.43216, 0.394666, 0.37645])
@@ -23,13 +24,21 @@ def _method(cfg: Config) -> tuple[type[nn.Module], dict]:
     if m.name == "moco":
         return MoCoBE, {"dim": m.dim, "queue_size": m.queue_size, "momentum": m.momentum, "tau": m.tau,
                         "hard_negative": m.hard_negative}
+    if m.name == "finetune":
+        return Classifier, {"num_classes": m.num_classes}
     return PRETEXTS[m.name], {"beta": m.beta}
 
 
 def build_method(cfg: Config) -> nn.Module:
-    """MoCo + BE (Eq. 7) or a pretext task + BE (Eq. 5) on the configured backbone."""
+    """MoCo + BE (Eq. 7), a pretext task + BE (Eq. 5) or a fine-tuning classifier on the configured backbone."""
     cls, kwargs = _method(cfg)
     return cls(build_backbone(cfg.model.backbone, cfg.model.width), **kwargs)
+
+
+def encoder(model: nn.Module) -> Backbone:
+    """The backbone F(x; theta) that a method trains (MoCo's query encoder's), what downstream tasks keep."""
+    model = getattr(model, "module", model)  # DDP
+    return model.encoder_q.backbone if isinstance(model, MoCoBE) else model.backbone
 
 
 def method_views(cfg: Config) -> Views:
@@ -60,10 +69,10 @@ CLIPS = ("x_o", "x_d", "x_h")
 
 def method_loss(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """The loss of one batch and what to log with it; ``loss`` is what to minimise. The batch holds
-    what the method's views asked for; every method takes them by name."""
-    inputs = {k: prepare_clips(batch[k], device) for k in CLIPS if k in batch}
-    if "h_valid" in batch:
-        inputs["h_valid"] = batch["h_valid"].to(device, non_blocking=True)
+    what the method's views asked for; every method takes the ``inputs`` it names from it."""
+    wanted = getattr(model, "module", model).inputs  # DDP wraps the method
+    inputs = {k: prepare_clips(batch[k], device) if k in CLIPS else batch[k].to(device, non_blocking=True)
+              for k in wanted if k in batch}
     return model(**inputs)
 
 

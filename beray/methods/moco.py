@@ -50,6 +50,8 @@ class MoCoBE(nn.Module):
     ``hard_negative`` is False or ``x_h`` is None); ``forward`` returns that loss.
     """
 
+    inputs = ("x_o", "x_d", "x_h", "h_valid")  # what ``forward`` takes from a batch
+
     @classmethod
     def views_for(cls, hard_negative: bool = True, **_) -> Views:
         """x_o, x_v, and x_h when the hard negative is used."""

@@ -195,6 +195,7 @@ class Pretext(nn.Module, abc.ABC):
     """
 
     num_classes: int
+    inputs = ("x_o", "x_d")  # what ``forward`` takes from a batch
 
     def __init__(self, backbone: nn.Module, beta: float = 1.0):
         super().__init__()

@@ -64,3 +64,59 @@ def load_state(directory: str | Path, model: nn.Module, optimizer=None, schedule
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state
+
+
+class CheckpointError(Exception):
+    """A file is not a beray checkpoint, or holds a model other than the one asked for."""
+
+
+def find_state(path: str | Path) -> Path:
+    """The ``state.pt`` that ``path`` names: the file itself, a checkpoint directory, or a run
+    directory (its last checkpoint). CheckpointError saying what was expected otherwise."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if (p / STATE_FILE).is_file():
+        return p / STATE_FILE
+    ckpts = sorted(c for c in p.glob("checkpoint_*") if (c / STATE_FILE).is_file()) if p.is_dir() else []
+    if ckpts:  # Ray Train names them by time: the last in name order is the newest
+        return ckpts[-1] / STATE_FILE
+    what = "does not exist" if not p.exists() else "holds no state.pt and no checkpoint_*/state.pt"
+    raise CheckpointError(f"{path} {what}; expected a run directory, a checkpoint directory or a state.pt")
+
+
+def read_state(path: str | Path) -> tuple[dict, Path]:
+    """(state, its file) of a beray checkpoint, loaded with ``weights_only=True`` (no code runs)."""
+    f = find_state(path)
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign files
+        text = str(e).strip()
+        why = ("it holds objects that only running code from the file could load" if "Weights only load" in text
+               else f"torch.load: {text.splitlines()[0][:160] if text else type(e).__name__}")
+        raise CheckpointError(f"{f} is not a beray checkpoint ({why}; beray checkpoints hold tensors, numbers "
+                              "and strings only)") from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise CheckpointError(f"{f} is not a beray checkpoint (expected a dict with 'model' and 'config', "
+                              "as python -m beray.train writes)")
+    return state, f
+
+
+def load_weights(model: nn.Module, weights: dict, source: str | Path, expected: str) -> None:
+    """``model.load_state_dict(weights)``, or a one-line CheckpointError naming what was expected."""
+    try:
+        unwrap(model).load_state_dict(weights)
+    except RuntimeError as e:
+        missing = str(e).count("Missing key") + str(e).count("size mismatch")
+        raise CheckpointError(f"{source} does not hold {expected}"
+                              + (f" ({missing} kind(s) of mismatch: missing keys or shapes)" if missing else "")
+                              ) from None
+
+
+def backbone_weights(state: dict) -> dict:
+    """The backbone's weights in a checkpoint's model state (MoCo's query encoder, or ``backbone.``)."""
+    for prefix in ("encoder_q.backbone.", "backbone."):
+        found = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        if found:
+            return found
+    return {}

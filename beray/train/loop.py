@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from beray.config import Config
-from beray.methods.build import build_method, make_optimizer, train_step
-from beray.train.checkpoint import load_state, save_state
+from beray.methods.build import build_method, encoder, make_optimizer, train_step
+from beray.train.checkpoint import backbone_weights, load_state, load_weights, read_state, save_state
 from beray.train.monitor import Monitor, say
 
 
@@ -49,7 +49,12 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
 
-    model = ray.train.torch.prepare_model(build_method(cfg))
+    model = build_method(cfg)
+    if cfg.model.pretrained:  # fine-tuning: the pre-trained backbone, a new head (Sec. 4.1)
+        state, f = read_state(cfg.model.pretrained)
+        load_weights(encoder(model), backbone_weights(state), f,
+                     f"a {cfg.model.backbone} x{cfg.model.width} backbone")
+    model = ray.train.torch.prepare_model(model)
     o = cfg.optim
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=o.lr_decay)

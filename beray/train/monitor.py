@@ -60,6 +60,8 @@ class Monitor:
         if self.writer is None:
             return
         for key in ("x_o", "x_d"):
+            if key not in batch:  # fine-tuning ships x_o alone
+                continue
             clip = batch[key][0].cpu()
             clip = clip.reshape(-1, *clip.shape[-3:])  # clip-order tuples: their clips one after another
             picks = np.linspace(0, len(clip) - 1, min(8, len(clip))).round().astype(int)

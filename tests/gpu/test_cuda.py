@@ -79,3 +79,25 @@ def test_a_cpu_checkpoint_resumes_with_an_enabled_scaler(tmp_path):
     scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=True)  # now on a GPU with AMP
     assert load_state(tmp_path, model, opt, sched, scaler)["epoch"] == 4
     assert scaler.get_scale() == 1024.0  # left as it starts, not loaded from {}
+
+
+@pytest.mark.parametrize("head", ["pooled", "map", "logits"])
+def test_feature_model_on_cuda_matches_the_cpu(head):
+    """The extraction actor runs on CUDA with float16 autocast and hands back float32 NumPy."""
+    import numpy as np
+
+    from beray.eval.extract import FeatureModel
+
+    name = "finetune" if head == "logits" else "moco"
+    cfg = load_config(None, [f"method.name={name}", "method.num_classes=6"], preset="cpu-tiny")
+    torch.manual_seed(0)
+    net = build_method(cfg)
+    weights = net.state_dict() if head == "logits" else net.encoder_q.backbone.state_dict()
+    batch = {"x": np.random.default_rng(0).integers(0, 256, (4, 8, 3, 32, 32), dtype=np.uint8),
+             "video": np.arange(4)}
+    gpu = FeatureModel(cfg.model_dump(mode="json"), weights, head, (2, 7, 7), 1)
+    assert gpu.device.type == "cuda"
+    out_gpu = gpu(dict(batch))["feature"]
+    out_cpu = FeatureModel(cfg.model_dump(mode="json"), weights, head, (2, 7, 7), 1, "cpu")(dict(batch))["feature"]
+    assert out_gpu.dtype == np.float32 and out_gpu.shape == out_cpu.shape
+    assert np.allclose(out_gpu, out_cpu, atol=0.05, rtol=0.05)  # float16 autocast

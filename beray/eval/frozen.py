@@ -1,0 +1,103 @@
+"""The frozen-backbone modes: ``knn``, ``linear``, ``retrieve`` (Sec. 4.3) and ``background``.
+
+Each takes an ``EvalContext`` and returns a ``Report``. The scoring functions below them work on
+feature tensors alone, so they are checked on hand-made features with known answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from torch import Tensor
+
+from beray.data.datasets import DatasetError
+from beray.eval.context import EvalContext
+from beray.eval.metrics import retrieval_recall, topk_accuracy
+from beray.eval.probe import head_scores
+from beray.eval.report import Report
+
+RECALL_AT = (1, 5, 10, 20, 50)
+
+
+def _common(ctx: EvalContext, start: float, *skipped_of) -> dict:
+    skipped = {}
+    for f in skipped_of:
+        skipped.update(f.skipped)
+    return {"dataset": ctx.cfg.data.dataset, "split": ctx.cfg.data.split, "checkpoint": str(ctx.source.path),
+            "model": ctx.source.describe(), "num_classes": ctx.num_classes,
+            "clip": {"num_frames": ctx.cfg.data.num_frames, "stride": ctx.cfg.data.stride, "size": ctx.cfg.augment.size},
+            "skipped_videos": skipped, "elapsed_s": round(time.perf_counter() - start, 2)}
+
+
+def frozen_head(ctx: EvalContext, head: str, k: int = 20) -> Report:
+    """``knn`` or ``linear``: fitted on the train subset's features, top-1 / top-5 on each test subset."""
+    t0 = time.perf_counter()
+    subsets = ctx.test_subsets()
+    train, *tests = ctx.features_of([(s, "centre", 1) for s in ["train", *subsets]])
+    score = head_scores(head, train.x, train.labels, ctx.num_classes, k)
+    results, rows = {}, []
+    for subset, test in zip(subsets, tests):
+        acc = topk_accuracy(score(test.x), test.labels)
+        results[subset] = {"top1": acc[1], "top5": acc[5], "videos": len(test.labels)}
+        rows.append([subset, acc[1], acc[5], len(test.labels)])
+    name = {"knn": f"kNN (k = {k}, weighted cosine)", "linear": "linear probe (L-BFGS)"}[head]
+    data = {**_common(ctx, t0, train, *tests), "head": head, "gallery_videos": len(train.labels),
+            "chance": 1 / ctx.num_classes, "results": results, **({"k": k} if head == "knn" else {})}
+    return Report(head, f"{name} on frozen features, {ctx.cfg.data.dataset} split {ctx.cfg.data.split}",
+                  ["test subset", "top-1", "top-5", "videos"], rows, data,
+                  [f"features: spatio-temporal max of the last feature map, one centre clip per video; "
+                   f"fitted on {len(train.labels)} train videos; chance {1 / ctx.num_classes:.3f}"])
+
+
+def retrieve(ctx: EvalContext, ks: tuple[int, ...] = RECALL_AT) -> Report:
+    """Sec. 4.3: train-subset clips as the gallery, each test clip a query; Recall@K."""
+    t0 = time.perf_counter()
+    subsets = ctx.test_subsets()
+    gallery, *tests = ctx.features_of([(s, "cut", 1) for s in ["train", *subsets]], head="map")
+    results, rows = {}, []
+    for subset, q in zip(subsets, tests):
+        r = retrieval_recall(gallery.x, gallery.labels, q.x, q.labels, ks)
+        results[subset] = {**{f"R@{k}": v for k, v in r.items()}, "queries": len(q.labels)}
+        rows.append([subset, *r.values(), len(q.labels)])
+    data = {**_common(ctx, t0, gallery, *tests), "gallery_clips": len(gallery.labels), "results": results}
+    return Report("retrieve", f"video retrieval (Sec. 4.3), {ctx.cfg.data.dataset} split {ctx.cfg.data.split}",
+                  ["query subset", *(f"R@{k}" for k in ks), "queries"], rows, data,
+                  [f"clips of {ctx.cfg.data.num_frames} frames at stride {ctx.cfg.data.stride} cut from each video; "
+                   f"gallery: {len(gallery.labels)} train clips; features adaptively max-pooled to C x 2 x 7 x 7; "
+                   "a hit when one of the K nearest (cosine) shares the query's class"])
+
+
+def background_scores(train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor, Tensor]], num_classes: int,
+                      k: int = 20) -> dict[str, dict[str, float]]:
+    """head -> test name -> top-1 of the kNN and linear heads fitted on ``train``, and ``gap``:
+    ``test_biased`` minus ``test_swapped``, the accuracy a model owes to the background."""
+    out = {}
+    for head in ("knn", "linear"):
+        score = head_scores(head, *train, num_classes, k)
+        out[head] = {name: topk_accuracy(score(x), y, (1,))[1] for name, (x, y) in tests.items()}
+        out[head]["gap"] = out[head]["test_biased"] - out[head]["test_swapped"]
+    return out
+
+
+def background(ctx: EvalContext, k: int = 20) -> Report:
+    """BackgroundBias-Synth: the heads on ``test_biased`` and ``test_swapped``, their gap, and the same
+    heads on static videos (one frame repeated, Sec. 4.5): high static accuracy is background reliance."""
+    need = {"train", "test_biased", "test_swapped"}
+    if not need <= set(ctx.index.subsets):
+        raise DatasetError(f"background needs the subsets {', '.join(sorted(need))} (BackgroundBias-Synth has "
+                           f"them: leave out --dataset); {ctx.index.name} has {', '.join(ctx.index.subsets)}")
+    t0 = time.perf_counter()
+    wanted = [("train", "centre", 1), ("test_biased", "centre", 1), ("test_swapped", "centre", 1),
+              ("test_biased", "static", 1), ("test_swapped", "static", 1)]
+    train, *tests = ctx.features_of(wanted)
+    feats = dict(zip(["test_biased", "test_swapped", "static_biased", "static_swapped"], tests))
+    scores = background_scores((train.x, train.labels), {n: (f.x, f.labels) for n, f in feats.items()},
+                               ctx.num_classes, k)
+    cols = ["test_biased", "test_swapped", "gap", "static_biased", "static_swapped"]
+    rows = [[head, *(s[c] for c in cols)] for head, s in scores.items()]
+    data = {**_common(ctx, t0, train, *feats.values()), "k": k, "chance": 1 / ctx.num_classes, "results": scores}
+    return Report("background", f"background reliance, {ctx.cfg.data.dataset} split {ctx.cfg.data.split}",
+                  ["head", *cols], rows, data,
+                  ["gap = test_biased - test_swapped top-1: what the model owes to the background (0 for a model "
+                   "that reads motion only)",
+                   f"static_*: the same heads on static videos (one frame repeated); chance {1 / ctx.num_classes:.3f}"])

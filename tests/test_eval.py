@@ -1,0 +1,213 @@
+"""``python -m beray.eval``: every mode on a checkpoint of a real cpu-tiny run, on real Ray; test-time
+clips read back from real videos; a stranger's file and a wrong model refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from beray.config import load_config
+from beray.data.sampling import clip_span
+from beray.data.video import VideoReader
+from beray.eval.__main__ import main
+from beray.eval.clips import ClipSpec, clip_starts, eval_clips
+from beray.train.checkpoint import STATE_FILE
+
+
+# -- test-time clips ------------------------------------------------------------------------------
+
+def test_clip_samplings_cover_the_video_as_the_protocols_say():
+    centre, = clip_starts(100, ClipSpec(8, 4, 32, "centre"))
+    assert centre == (100 - clip_span(8, 4)) // 2
+    uniform = clip_starts(100, ClipSpec(8, 4, 32, "uniform", clips=10))
+    assert len(uniform) == 10 and uniform[0] == 0 and uniform[-1] == 100 - clip_span(8, 4)
+    cut = clip_starts(100, ClipSpec(16, 1, 32, "cut"))  # consecutive 16-frame clips, Sec. 4.3
+    assert cut.tolist() == [0, 16, 32, 48, 64, 80]  # 80 + 16 <= 100
+    assert clip_starts(10, ClipSpec(16, 1, 32, "cut")).tolist() == [0]  # a short video still gives one (looped)
+
+
+def test_test_clips_are_centre_crops_of_the_right_frames(videos):
+    path = str(videos["avi"])
+    record = {"path": path, "label": 0, "start_frame": -1, "end_frame": -1}
+    spec = ClipSpec(4, 8, 32, "uniform", clips=3)
+    clips = eval_clips(record, spec, index=0)
+    assert clips.shape == (3, 4, 3, 32, 32) and clips.dtype == np.uint8
+    with VideoReader(path) as r:
+        want = r.frames([0 + 8 * j for j in range(4)], 32)  # first uniform clip, short side 32: 32 x 43
+    left = (want.shape[2] - 32) // 2
+    assert np.array_equal(clips[0].transpose(0, 2, 3, 1), want[:, :, left:left + 32])
+    static = eval_clips(record, ClipSpec(4, 8, 32, "static", seed=3), index=5)
+    assert static.shape == (1, 4, 3, 32, 32)
+    assert all(np.array_equal(static[0, 0], f) for f in static[0])  # one frame, repeated
+    assert np.array_equal(static, eval_clips(record, ClipSpec(4, 8, 32, "static", seed=3), index=5))
+    picks = {eval_clips(record, ClipSpec(4, 8, 32, "static", seed=3), index=i)[0, 0].tobytes() for i in range(6)}
+    assert len(picks) > 1  # the frame is drawn per video
+
+
+# -- the CLI on a real cpu-tiny checkpoint ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(ray_cluster, tiny_synth, tmp_path_factory) -> Path:
+    """One epoch of the cpu-tiny preset (MoCo + BE) on the tiny BackgroundBias-Synth: its run directory."""
+    from beray.train.launch import fit
+
+    storage = tmp_path_factory.mktemp("eval-runs")
+    cfg = load_config(preset="cpu-tiny", overrides=[f"data.root={tiny_synth}", "optim.epochs=1", "optim.batch_size=4",
+                                                     f"run.storage={storage}", "run.name=pre", "run.images_every=0"])
+    fit(cfg, "pre")
+    return storage / "pre"
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())[-1]
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([*map(str, argv), "--quiet"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _json(run_dir: Path, stem: str) -> dict:
+    return json.loads((run_dir / "eval" / f"{stem}.json").read_text())
+
+
+def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, capsys):
+    code, out, err = _run(capsys, "knn", "--checkpoint", pretrained, "--k", 5)
+    assert code == 0, err
+    assert "| test_biased |" in out and "| test_swapped |" in out and "knn-synth-split1.json" in out
+    res = _json(pretrained, "knn-synth-split1")
+    assert res["mode"] == "knn" and res["k"] == 5 and res["gallery_videos"] == 12
+    for subset in ("test_biased", "test_swapped"):
+        r = res["results"][subset]
+        assert r["videos"] == 6 and 0 <= r["top1"] <= r["top5"] <= 1
+    assert res["chance"] == pytest.approx(1 / 6) and res["model"].startswith("moco (r3d_18 x0.125")
+    cache = sorted((pretrained / "eval" / "cache").glob("*.pt"))
+    assert len(cache) == 3  # train, test_biased, test_swapped
+    code, out, err = _run(capsys, "linear", "--checkpoint", pretrained)
+    assert code == 0, err
+    assert sorted((pretrained / "eval" / "cache").glob("*.pt")) == cache  # no decoding again
+    lin = _json(pretrained, "linear-synth-split1")
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in lin["results"].values())
+    assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
+
+
+def test_retrieve_cuts_clips_and_reports_recall_at_k(pretrained, capsys):
+    checkpoint_dir = _last_checkpoint(pretrained)  # a checkpoint directory works as well
+    code, out, err = _run(capsys, "retrieve", "--checkpoint", checkpoint_dir)
+    assert code == 0, err
+    res = _json(pretrained, "retrieve-synth-split1")
+    assert res["gallery_clips"] == 12  # 12-frame videos hold one 8-frame clip at stride 2 each
+    for r in res["results"].values():
+        recalls = [r[f"R@{k}"] for k in (1, 5, 10, 20, 50)]
+        assert recalls == sorted(recalls) and 0 <= recalls[0] and recalls[-1] == 1.0  # K=50 > gallery: all hit
+        assert r["queries"] == 6
+
+
+def test_background_reports_the_gap_and_the_static_probe(pretrained, capsys):
+    code, out, err = _run(capsys, "background", "--checkpoint", pretrained)
+    assert code == 0, err
+    res = _json(pretrained, "background-synth-split1")["results"]
+    for head in ("knn", "linear"):
+        r = res[head]
+        assert r["gap"] == pytest.approx(r["test_biased"] - r["test_swapped"])
+        assert all(0 <= r[k] <= 1 for k in ("test_biased", "test_swapped", "static_biased", "static_swapped"))
+    assert "| knn |" in out and "| linear |" in out
+
+
+def test_cam_writes_a_strip_and_a_gif(pretrained, capsys):
+    from PIL import Image
+
+    code, out, err = _run(capsys, "cam", "--checkpoint", pretrained, "--videos", 2)
+    assert code == 0, err
+    res = _json(pretrained, "cam-synth-split1")
+    assert len(res["videos"]) == 2 and all(0 <= v["mean_activation"] <= 1 for v in res["videos"])
+    gif = Image.open(pretrained / "eval" / "cam-synth-split1.gif")
+    assert gif.n_frames == 8 and gif.size[0] >= 2 * 96  # two videos side by side, enlarged
+    assert Image.open(pretrained / "eval" / "cam-synth-split1.png").size[0] > 0
+
+
+def _two_class_manifest(synth: Path, out: Path) -> Path:
+    """The tiny BackgroundBias-Synth's classes 0 and 1 as a manifest dataset: train and test CSVs."""
+    out.mkdir()
+    for subset, source in (("train", "train"), ("test", "test_swapped")):
+        with open(synth / f"{source}.csv") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["label"]) < 2]
+        (out / f"{subset}.csv").write_text("path,label\n" + "".join(f"{synth / r['path']},{r['label']}\n" for r in rows))
+    return out
+
+
+def test_finetune_a_two_class_set_through_ray_train(pretrained, tiny_synth, tmp_path, capsys):
+    root = _two_class_manifest(tiny_synth, tmp_path / "two")
+    code, out, err = _run(capsys, "finetune", "--checkpoint", pretrained, "--dataset", "manifest", "--root", root,
+                          "--clips", 3, "--set", "optim.epochs=1", "--set", "optim.batch_size=2")
+    assert code == 0, err
+    res = _json(pretrained, "finetune-manifest-split1")
+    assert res["num_classes"] == 2 and res["epochs"] == 1 and res["lr"] == 0.05 and res["clips_per_video"] == 3
+    assert res["results"]["test"]["videos"] == 2 and 0 <= res["results"]["test"]["top1"] <= 1
+    assert res["results"]["test"]["top5"] == 1.0  # two classes: always in the top 5
+    tuned = torch.load(res["finetuned"], weights_only=True)
+    assert tuned["config"]["method"]["name"] == "finetune" and tuned["model"]["fc.weight"].shape[0] == 2
+    # the backbone started from the pretrained one (the run's last checkpoint)
+    assert tuned["config"]["model"]["pretrained"] == str(_last_checkpoint(pretrained) / STATE_FILE)
+    run_dir = Path(res["run_dir"])
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "tensorboard").is_dir()
+
+
+def test_static_bias_of_two_finetuned_checkpoints(pretrained, capsys):
+    tuned = []
+    for name, seed in (("ft-base", 0), ("ft-method", 1)):
+        code, out, err = _run(capsys, "finetune", "--checkpoint", pretrained, "--clips", 2, "--set", "optim.epochs=1",
+                              "--set", "optim.batch_size=4", "--set", f"run.name={name}", "--set", f"run.seed={seed}")
+        assert code == 0, err
+        tuned.append(pretrained / "eval" / name)
+    code, out, err = _run(capsys, "static-bias", "--checkpoint", tuned[1], "--against", tuned[0], "--clips", 2)
+    assert code == 0, err
+    res = json.loads((tuned[1] / "eval" / "static-bias-synth-split1.json").read_text())
+    assert res["subset"] == "test_biased" and len(res["per_class"]) == 6
+    used = 0
+    for c in res["per_class"].values():
+        assert all(0 <= c[k] <= 1 for k in ("static", "baseline", "method"))
+        if c["baseline"] > 0:
+            used += 1
+            assert c["relative_improvement_pct"] == pytest.approx(100 * (c["method"] - c["baseline"]) / c["baseline"])
+    assert res["classes_used"] == used
+    assert math.isnan(res["rho"]) or -1 <= res["rho"] <= 1
+    assert (tuned[1] / "eval" / "static-bias-synth-split1.png").stat().st_size > 0
+
+
+# -- a stranger's file, a wrong model: one line, exit 2 ----------------------------------------------
+
+class _NotAllowed:  # anything weights_only refuses to unpickle
+    pass
+
+
+def _refused(capsys, *argv) -> str:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_foreign_files_and_wrong_models_are_refused_in_one_line(pretrained, tmp_path, capsys):
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert "is not a beray checkpoint" in _refused(capsys, "knn", "--checkpoint", tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "dict.pt")
+    assert "expected a dict with 'model' and 'config'" in _refused(capsys, "knn", "--checkpoint", tmp_path / "dict.pt")
+    torch.save({"model": _NotAllowed(), "config": {}}, tmp_path / "code.pt")
+    assert "holds objects that only running code" in _refused(capsys, "knn", "--checkpoint", tmp_path / "code.pt")
+    assert "does not exist" in _refused(capsys, "knn", "--checkpoint", tmp_path / "nowhere")
+    err = _refused(capsys, "knn", "--checkpoint", pretrained, "--set", "model.backbone=c3d")
+    assert "holds a r3d_18 x0.125 backbone, not the c3d x0.125" in err
+    state = torch.load(_last_checkpoint(pretrained) / STATE_FILE, weights_only=True)
+    state["config"]["model"]["width"] = 0.25  # weights of one width, a config of another
+    torch.save(state, tmp_path / "mislabelled.pt")
+    assert "does not hold a r3d_18 x0.25 backbone" in _refused(capsys, "knn", "--checkpoint", tmp_path / "mislabelled.pt")
+    assert "expected a fine-tuned one" in _refused(capsys, "static-bias", "--checkpoint", pretrained,
+                                                   "--against", pretrained)
+    assert "needs --against" in _refused(capsys, "static-bias", "--checkpoint", pretrained)
