@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 def _one_of(value: str, allowed, what: str) -> str:
@@ -125,7 +125,7 @@ class Config(_Section):
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self, info: ValidationInfo) -> "Config":
         if self.optim.batch_size % self.run.workers:
             raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be divisible by run.workers "
                              f"({self.run.workers})")
@@ -133,7 +133,8 @@ class Config(_Section):
             raise ValueError("method.num_classes is required for method finetune")
         if self.data.dataset != "synth" and self.data.root is None:
             raise ValueError(f"data.root is required for dataset {self.data.dataset}")
-        if self.data.root is not None and not Path(self.data.root).expanduser().exists():
+        check_paths = (info.context or {}).get("check_paths", True)  # a dry run may name data on another machine
+        if check_paths and self.data.root is not None and not Path(self.data.root).expanduser().exists():
             raise ValueError(f"data.root {self.data.root} does not exist")
         return self
 
@@ -212,11 +213,11 @@ def _set(tree: dict, dotted: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None,
-                base: dict[str, Any] | None = None) -> Config:
+                base: dict[str, Any] | None = None, check_paths: bool = True) -> Config:
     """Preset (or the YAML's ``preset:`` key) <- YAML file <- ``--set`` overrides, validated.
 
-    ``base`` (a saved run's config) replaces the preset. Raises ConfigError with one line
-    per problem, each naming the field.
+    ``base`` (a saved run's config) replaces the preset. ``check_paths=False`` leaves out the check
+    that ``data.root`` exists here. Raises ConfigError with one line per problem, each naming the field.
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -235,19 +236,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
     for item in overrides:
         _set(tree, item)
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(tree, context={"check_paths": check_paths})
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
 
 
-def format_errors(e: ValidationError) -> str:
+def format_errors(e: ValidationError, model: type[BaseModel] | None = None) -> str:
     """One line per problem: the dotted field, what is wrong, what was given or is allowed."""
     lines = []
     for err in e.errors():
         loc = [str(p) for p in err["loc"]]
         field = ".".join(loc)
         if err["type"] == "extra_forbidden":
-            lines.append(f"{field}: unknown key; allowed: {', '.join(_allowed(loc[:-1]))}")
+            allowed = _allowed(loc[:-1], model or Config)
+            lines.append(f"{field}: unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
             continue
         msg = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
@@ -255,11 +257,29 @@ def format_errors(e: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def _allowed(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = Config
+def _model_in(t) -> Any:
+    """The pydantic model or dict type inside an annotation such as ``X | None``."""
+    for a in (t, *get_args(t)):
+        if (isinstance(a, type) and issubclass(a, BaseModel)) or get_origin(a) is dict:
+            return a
+    return None
+
+
+def _allowed(loc: list[str], model: type[BaseModel]) -> list[str]:
+    """The keys allowed at ``loc`` (a path of fields and dict keys) of ``model``; [] when unknown."""
+    t: Any = model
     for name in loc:
-        model = model.model_fields[name].annotation
-    return list(model.model_fields)
+        t = _model_in(t)
+        if t is None:
+            return []
+        if get_origin(t) is dict:
+            t = get_args(t)[1]
+        elif name in t.model_fields:
+            t = t.model_fields[name].annotation
+        else:
+            return []
+    t = _model_in(t)
+    return list(t.model_fields) if t is not None and get_origin(t) is not dict else []
 
 
 def to_yaml(config: Config) -> str:

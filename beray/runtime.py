@@ -33,10 +33,11 @@ def cap_malloc_arenas(n: int = MALLOC_ARENA_MAX) -> None:
 
 def init_ray(**kwargs) -> dict:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local instance (no-op when connected)."""
+    kwargs.setdefault("log_to_driver", True)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         if address is None:
             kwargs.setdefault("_system_config", SYSTEM_CONFIG)
             cap_malloc_arenas()  # before the raylet starts: its workers inherit the setting
-        return ray.init(address=address, log_to_driver=True, **kwargs).address_info
+        return ray.init(address=address, **kwargs).address_info
     return {}

@@ -200,7 +200,8 @@ def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[di
     # One row (and one task) per batch: decode, views and noise of ``per_worker`` records per
     # call, so the noises that pair videos pair them within a batch. Order is preserved so a
     # seed fixes the stream; the permutation inside the tasks does the shuffling.
-    ds = ray.data.range(n_batches, override_num_blocks=n_batches)
+    # from_items, not range: range's read tasks ask 1 CPU each, which concurrent trials may never have
+    ds = ray.data.from_items([{"id": b} for b in range(n_batches)], override_num_blocks=n_batches)
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
                           concurrency=cfg.data.decode_concurrency,

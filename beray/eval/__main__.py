@@ -17,15 +17,13 @@ PATH is a run directory (its last checkpoint), a checkpoint directory or a state
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-
-MODES = ("knn", "linear", "retrieve", "background", "finetune", "static-bias", "cam")
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m beray.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from beray.eval.run import MODES
+
     p.add_argument("mode", choices=MODES)
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint dir or state.pt")
     p.add_argument("--against", metavar="PATH", help="static-bias: the baseline's fine-tuned checkpoint (e.g. MoCo)")
@@ -47,61 +45,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> list:
-    """The mode's (file stem, Report, directory) triples (finetune --splits: one per split and their mean)."""
-    from beray.config import ConfigError
-    from beray.eval.context import EvalContext
-    from beray.eval.source import eval_config, open_checkpoint
-
-    if args.k < 1 or args.clips < 1 or args.videos < 1 or args.batch_size < 1:
-        raise ConfigError("--k, --clips, --videos and --batch-size must be >= 1")
-    source = open_checkpoint(args.checkpoint)
-    opts = {"batch_size": args.batch_size, "actors": args.actors, "progress": not args.quiet,
-            "use_cache": not args.no_cache}
-    if args.mode == "finetune":
-        from beray.eval.finetune import finetune_splits
-
-        return finetune_splits(source, args, opts)
-    cfg = eval_config(source, args.dataset, args.root, args.split, args.overrides)
-    ctx = EvalContext(source, cfg, **opts)
-    if args.mode == "static-bias":
-        from beray.eval.static_bias import static_bias
-
-        if not args.against:
-            raise ConfigError("static-bias needs --against BASELINE: two fine-tuned checkpoints (e.g. --checkpoint "
-                              "the MoCo+BE one --against the MoCo one)")
-        other = open_checkpoint(args.against)
-        baseline = EvalContext(other, eval_config(other, args.dataset, args.root, args.split, args.overrides), **opts)
-        report = static_bias(ctx, baseline, args.clips)
-    elif args.mode in ("knn", "linear"):
-        from beray.eval.frozen import frozen_head
-
-        report = frozen_head(ctx, args.mode, args.k)
-    elif args.mode == "retrieve":
-        from beray.eval.frozen import retrieve
-
-        report = retrieve(ctx)
-    elif args.mode == "background":
-        from beray.eval.frozen import background
-
-        report = background(ctx, args.k)
-    else:
-        from beray.eval.cam import cam
-
-        report = cam(ctx, args.videos)
-    return [(ctx.stem(args.mode), report, source.eval_dir)]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from beray.config import ConfigError
-    from beray.data.datasets import DatasetError
-    from beray.data.video import VideoReadError
-    from beray.train.checkpoint import CheckpointError
+    from beray.eval.run import USER_ERRORS, EvalOptions, evaluate
 
+    opts = EvalOptions(against=args.against, dataset=args.dataset, root=args.root, split=args.split,
+                       splits=args.splits, overrides=args.overrides, k=args.k, clips=args.clips, videos=args.videos,
+                       batch_size=args.batch_size, actors=args.actors, progress=not args.quiet,
+                       use_cache=not args.no_cache)
     try:
-        reports = run(args)
-    except (ConfigError, DatasetError, CheckpointError, VideoReadError) as e:  # the user's input: one message
+        reports = evaluate(args.mode, args.checkpoint, opts)
+    except USER_ERRORS as e:  # the user's input: one message
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

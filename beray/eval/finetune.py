@@ -10,7 +10,6 @@ The fine-tuning run lives in ``EVAL_DIR/finetune-<dataset>-split<N>/``: run agai
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from beray.config import Config, ConfigError, load_config
@@ -37,22 +36,23 @@ def finetune_config(source: Source, dataset: str | None, root: str | None, split
     return load_config(overrides=list(overrides), base=base)
 
 
-def finetune(source: Source, split: int, args: argparse.Namespace, opts: dict) -> Report:
-    """Fine-tune ``source`` on ``split`` through Ray Train, then test it with ``args.clips`` clips per video."""
+def finetune(source: Source, split: int, opts) -> Report:
+    """Fine-tune ``source`` on ``split`` through Ray Train, then test it with ``opts.clips`` clips per video
+    (``opts``: the run's ``EvalOptions``)."""
     from beray.train.launch import fit
 
     t0 = time.perf_counter()
-    cfg = finetune_config(source, args.dataset, args.root, split, args.overrides)
+    cfg = finetune_config(source, opts.dataset, opts.root, split, opts.overrides)
     print(f"fine-tuning {source.describe()} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
           f"lr {cfg.optim.lr}, run {source.eval_dir / cfg.run.name}", flush=True)
     info = fit(cfg, cfg.run.name)
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
     tuned = open_checkpoint(info.checkpoint)
-    ctx = EvalContext(tuned, cfg, **opts)
+    ctx = EvalContext(tuned, cfg, **opts.context())
     results, rows, skipped = {}, [], {}
     subsets = ctx.test_subsets()
-    for subset, feats in zip(subsets, ctx.features_of([(s, "uniform", args.clips) for s in subsets], "logits")):
+    for subset, feats in zip(subsets, ctx.features_of([(s, "uniform", opts.clips) for s in subsets], "logits")):
         skipped.update(feats.skipped)
         logits, labels = feats.per_video()
         acc = topk_accuracy(clip_average(logits), labels)
@@ -61,24 +61,24 @@ def finetune(source: Source, split: int, args: argparse.Namespace, opts: dict) -
     last = info.metrics
     data = {"dataset": cfg.data.dataset, "split": split, "checkpoint": str(source.path),
             "model": source.describe(), "finetuned": str(tuned.path), "run_dir": info.dir,
-            "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "clips_per_video": args.clips,
+            "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "clips_per_video": opts.clips,
             "num_classes": cfg.method.num_classes, "chance": 1 / cfg.method.num_classes,
             "train_loss": last.get("loss"), "skipped_videos": skipped, "results": results,
             "elapsed_s": round(time.perf_counter() - t0, 2)}
     return Report("finetune", f"fine-tuned action recognition, {cfg.data.dataset} split {split}",
                   ["test subset", "top-1", "top-5", "videos"], rows, data,
                   [f"{cfg.optim.epochs} epochs from {source.describe()}; a video's score is the mean softmax of "
-                   f"{args.clips} uniformly spaced clips; TensorBoard: {info.dir}/tensorboard"])
+                   f"{opts.clips} uniformly spaced clips; TensorBoard: {info.dir}/tensorboard"])
 
 
-def finetune_splits(source: Source, args: argparse.Namespace, opts: dict) -> list[tuple[str, Report, object]]:
+def finetune_splits(source: Source, opts) -> list[tuple[str, Report, object]]:
     """``finetune`` on ``--split`` or each of ``--splits``; with several, their mean as Table 1 reports it."""
     try:
-        splits = [int(s) for s in args.splits.split(",")] if args.splits else [args.split or 1]
+        splits = [int(s) for s in opts.splits.split(",")] if opts.splits else [opts.split or 1]
     except ValueError:
-        raise ConfigError(f"--splits {args.splits!r}: expected comma-separated numbers, e.g. 1,2,3") from None
-    dataset = args.dataset or source.config.data.dataset
-    out = [(f"finetune-{dataset}-split{s}", finetune(source, s, args, opts), source.eval_dir) for s in splits]
+        raise ConfigError(f"--splits {opts.splits!r}: expected comma-separated numbers, e.g. 1,2,3") from None
+    dataset = opts.dataset or source.config.data.dataset
+    out = [(f"finetune-{dataset}-split{s}", finetune(source, s, opts), source.eval_dir) for s in splits]
     if len(splits) > 1:
         reports = [r for _, r, _ in out]
         subsets = list(reports[0].data["results"])

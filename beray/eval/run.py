@@ -1,0 +1,81 @@
+"""``evaluate(mode, checkpoint, options)``: one evaluation, as the CLI and a sweep's trials run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from beray.config import ConfigError
+from beray.data.datasets import DatasetError
+from beray.data.video import VideoReadError
+from beray.eval.report import Report
+from beray.train.checkpoint import CheckpointError
+
+MODES = ("knn", "linear", "retrieve", "background", "finetune", "static-bias", "cam")
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, VideoReadError)  # one line, exit 2
+
+
+@dataclass
+class EvalOptions:
+    against: str | None = None  # static-bias: the baseline's fine-tuned checkpoint
+    dataset: str | None = None  # None: the run's own (BackgroundBias-Synth by default)
+    root: str | None = None
+    split: int | None = None
+    splits: str | None = None  # finetune: "1,2,3"
+    overrides: list[str] = field(default_factory=list)  # --set on the run's config
+    k: int = 20
+    clips: int = 10
+    videos: int = 4
+    batch_size: int = 32
+    actors: int | None = None
+    progress: bool = True
+    use_cache: bool = True
+
+    def context(self) -> dict:
+        return {"batch_size": self.batch_size, "actors": self.actors, "progress": self.progress,
+                "use_cache": self.use_cache}
+
+
+def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions()) -> list[tuple[str, Report, Path]]:
+    """The mode's (file stem, Report, directory) triples (finetune --splits: one per split and their mean)."""
+    from beray.eval.context import EvalContext
+    from beray.eval.source import eval_config, open_checkpoint
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(MODES)}")
+    if min(opts.k, opts.clips, opts.videos, opts.batch_size) < 1:
+        raise ConfigError("--k, --clips, --videos and --batch-size must be >= 1")
+    source = open_checkpoint(checkpoint)
+    if mode == "finetune":
+        from beray.eval.finetune import finetune_splits
+
+        return finetune_splits(source, opts)
+    cfg = eval_config(source, opts.dataset, opts.root, opts.split, opts.overrides)
+    ctx = EvalContext(source, cfg, **opts.context())
+    if mode == "static-bias":
+        from beray.eval.static_bias import static_bias
+
+        if not opts.against:
+            raise ConfigError("static-bias needs --against BASELINE: two fine-tuned checkpoints (e.g. --checkpoint "
+                              "the MoCo+BE one --against the MoCo one)")
+        other = open_checkpoint(opts.against)
+        baseline = EvalContext(other, eval_config(other, opts.dataset, opts.root, opts.split, opts.overrides),
+                               **opts.context())
+        report = static_bias(ctx, baseline, opts.clips)
+    elif mode in ("knn", "linear"):
+        from beray.eval.frozen import frozen_head
+
+        report = frozen_head(ctx, mode, opts.k)
+    elif mode == "retrieve":
+        from beray.eval.frozen import retrieve
+
+        report = retrieve(ctx)
+    elif mode == "background":
+        from beray.eval.frozen import background
+
+        report = background(ctx, opts.k)
+    else:
+        from beray.eval.cam import cam
+
+        report = cam(ctx, opts.videos)
+    return [(ctx.stem(mode), report, source.eval_dir)]

@@ -1,0 +1,88 @@
+"""``python -m beray.sweep SWEEP.yaml [--set key=value] [--resume] [--dry-run]``: a Ray Tune sweep of
+pretraining runs, each scored by an evaluation; ``python -m beray.sweep report RESULTS_DIR`` prints and
+writes its report again.
+
+``--set`` reaches the sweep file's fields (``--set seeds=3``, ``--set search.samples=20``) and, through
+``base.set.``, the run config of every trial (``--set base.set.data.dataset=synth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _dry_run(sweep) -> None:
+    from beray.sweep.driver import results_dir, trial_resources
+    from beray.sweep.progress import describe
+
+    trials = sweep.validate_trials(check_paths=False)
+    cpus, gpus = trial_resources(sweep)
+    r = sweep.resources
+    cfg = sweep.run_config({}, 0, check_paths=False)
+    print(f"sweep {sweep.name}: {sweep.search.algorithm} search, {sweep.scheduler.name} scheduler, "
+          f"objective {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), seeds {sweep.seed_list}")
+    print(f"base: {cfg.method.name} + {cfg.be.noise} on {cfg.data.dataset} "
+          f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
+    print(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
+          + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), about {cpus:g} CPU(s)"
+          + (f" and {gpus:g} GPU(s)" if gpus else "") + " with decoding; at most "
+          + (str(r.max_concurrent) if r.max_concurrent else "as many as the cluster holds") + " at once")
+    if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
+        print(f"note: data.root {cfg.data.root} is not on this machine; it must be where the sweep runs")
+    if trials:
+        print(f"\n{len(trials)} trial(s):")
+        for i, (point, seed, _) in enumerate(trials, 1):
+            print(f"  {i:>3}  {describe(point, seed)}")
+    else:
+        print(f"\n{sweep.search.samples} point(s) chosen by Optuna TPE, each with {len(sweep.seed_list)} seed(s); "
+              "every listed value and both ends of every range make a valid run")
+    print(f"\nresults: {results_dir(sweep)} (no Ray started)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from beray.config import ConfigError
+
+    if argv[:1] == ["report"]:
+        p = argparse.ArgumentParser(prog="python -m beray.sweep report", description="print and write a sweep's report")
+        p.add_argument("results", help="the sweep's results directory (STORAGE/NAME)")
+        args = p.parse_args(argv[1:])
+        from beray.sweep.report import write_report
+
+        if not os.path.isfile(os.path.join(os.path.expanduser(args.results), "sweep.yaml")):
+            print(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", file=sys.stderr)
+            return 2
+        print(write_report(args.results))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m beray.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", help="sweep file (see sweeps/), or 'report RESULTS_DIR'")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the sweep file; base.set.a.b=c reaches every trial's run config")
+    p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
+    args = p.parse_args(argv)
+    from beray.sweep.spec import load_sweep
+
+    try:
+        sweep = load_sweep(args.sweep, args.overrides)
+        if args.dry_run:
+            _dry_run(sweep)
+            return 0
+        sweep.validate_trials()  # every trial's config, data root included, before Ray starts
+        from beray.sweep.driver import run_sweep
+
+        print(run_sweep(sweep, resume=args.resume))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m beray.sweep {args.sweep} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Run a sweep with Ray Tune: grid or random points (each with every seed) or Optuna TPE, FIFO or ASHA,
+trials that are Ray Train runs sharing the cluster, resume, and the report at the end.
+
+A trial's driver is a Tune function trainable holding a token 0.01 CPU; its Train workers and
+decode tasks hold the resources. Concurrent trials are capped at what the cluster holds now
+(each needs its workers' CPUs and GPUs plus a CPU share for decoding), so a trial that cannot be
+placed waits for one to finish instead of starving another's data pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from beray.config import ConfigError
+from beray.sweep.spec import Sweep
+
+DRIVER_CPU = 0.01  # a trial's own process: it waits on its Train run
+
+
+def results_dir(sweep: Sweep) -> Path:
+    return Path(sweep.storage).expanduser() / sweep.name
+
+
+def trial_resources(sweep: Sweep) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds: its Train workers, and a decode task's CPUs."""
+    cfg = sweep.run_config({}, 0, check_paths=False)
+    r = sweep.resources
+    return r.workers * r.cpus_per_worker + cfg.data.decode_cpus, r.workers * r.gpus_per_worker
+
+
+def max_concurrent(sweep: Sweep, cluster: dict) -> int:
+    """``resources.max_concurrent`` or, unset, as many trials as ``cluster``'s CPUs and GPUs hold."""
+    if sweep.resources.max_concurrent:
+        return sweep.resources.max_concurrent
+    cpus, gpus = trial_resources(sweep)
+    n = math.floor(cluster.get("CPU", 1) / cpus + 1e-9)
+    if gpus:
+        n = min(n, math.floor(cluster.get("GPU", 0) / gpus + 1e-9))
+    return max(1, n)
+
+
+def param_space(sweep: Sweep) -> dict:
+    from ray import tune
+
+    from beray.sweep.trial import POINT_KEY, SEED_KEY
+
+    if sweep.search.algorithm != "optuna":  # every trial known up front: points x seeds
+        return {POINT_KEY: tune.grid_search(sweep.points()), SEED_KEY: tune.grid_search(sweep.seed_list)}
+    space = {}
+    for key, d in sweep.space.items():
+        if d.kind in ("grid", "choice"):
+            space[key] = tune.choice(list(d.values))  # OptunaSearch refuses grid_search
+        else:
+            space[key] = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[d.kind](*d.values)
+    return space
+
+
+def searcher(sweep: Sweep, results: Path):
+    if sweep.search.algorithm != "optuna":
+        return None
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    results.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")  # optuna-dashboard opens it
+    search = OptunaSearch(metric="objective", mode=sweep.objective.mode, study_name=sweep.name, storage=storage,
+                          seed=sweep.search.seed)
+    seeds = len(sweep.seed_list)
+    return Repeater(search, repeat=seeds) if seeds > 1 else search  # each point with every seed, averaged
+
+
+def scheduler(sweep: Sweep):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = sweep.scheduler
+    if s.name == "fifo":
+        return FIFOScheduler()
+    epochs = sweep.run_config({}, 0, check_paths=False).optim.epochs
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=epochs + 1,
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def run_sweep(sweep: Sweep, resume: bool = False) -> str:
+    """Run (or with ``resume`` continue) ``sweep``; returns the report's markdown."""
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0: no tables
+    import logging
+
+    from ray import tune
+
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    from beray.runtime import init_ray
+    from beray.sweep.progress import SweepProgress
+    from beray.sweep.report import write_report
+    from beray.sweep.trial import run_trial
+
+    results = results_dir(sweep)
+    state = results / "tuner.pkl"
+    if resume and not state.exists():
+        raise ConfigError(f"--resume: {results} holds no sweep to continue (no tuner.pkl); run it without --resume")
+    if not resume and state.exists():
+        raise ConfigError(f"{results} already holds sweep {sweep.name!r}: continue it with --resume, or give the "
+                          "sweep another name (--set name=...)")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump(), sort_keys=False))
+    init_ray(log_to_driver=False)  # the trial lines below say what happens; workers' logs stay in Ray's log files
+    import ray
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep.dump(), runs=str(results / "runs")),
+                                    {"CPU": DRIVER_CPU})
+    if resume:
+        tuner = tune.Tuner.restore(str(results), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        seeds = len(sweep.seed_list)
+        num = sweep.search.samples * seeds if sweep.search.algorithm == "optuna" else 1
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(sweep),
+            tune_config=tune.TuneConfig(search_alg=searcher(sweep, results), scheduler=scheduler(sweep),
+                                        num_samples=num, max_concurrent_trials=max_concurrent(sweep, ray.cluster_resources()),
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=str(results.parent), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=sweep.retries),
+                                      callbacks=[SweepProgress(sweep, results)]))
+    tuner.fit()
+    return write_report(results, sweep)

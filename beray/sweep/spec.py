@@ -1,0 +1,315 @@
+"""A sweep file: a base run config, a search space over any of its fields, how to search it, how to
+schedule and resource the trials, the evaluation that scores each, and published numbers to show
+beside the results. Validated as a whole, and every trial's run config with it, before Ray starts.
+
+    name: gamma
+    base: {preset: paper, set: {data.dataset: ucf101, data.root: /data/ucf101}}
+    space: {be.gamma: {grid: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]}}
+    search: {algorithm: grid}                 # grid | random | optuna (samples: N)
+    scheduler: {name: fifo}                   # or asha on an intermediate metric
+    seeds: 3
+    resources: {workers: 1, gpus_per_worker: 1}
+    eval: {mode: knn}
+    objective: {metric: test.top1, mode: max}
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from beray.config import PRESETS, Config, ConfigError, format_errors, load_config
+
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Base(_Section):
+    preset: str | None = None  # default: paper (cpu-tiny where the sweep says so)
+    config: str | None = None  # a run YAML, relative to the sweep file
+    set: dict[str, Any] = {}  # dotted run-config field -> value
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(PRESETS)}")
+        return v
+
+
+class Dimension(_Section):
+    """Exactly one of: grid (every value), choice (one of them), uniform / loguniform [low, high],
+    randint [low, high) integers."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
+        values = getattr(self, given[0])
+        if given[0] in ("grid", "choice") and not values:
+            raise ValueError(f"{given[0]} needs at least one value")
+        if given[0] in ("uniform", "loguniform", "randint") and not values[0] < values[1]:
+            raise ValueError(f"{given[0]} needs low < high, got {list(values)}")
+        if given[0] == "loguniform" and values[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {values[0]}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def values(self):
+        return getattr(self, self.kind)
+
+    def corners(self) -> list:
+        """Values that every trial's config must accept: each listed one, or both ends of a range."""
+        if self.kind in ("grid", "choice"):
+            return list(self.values)
+        low, high = self.values
+        return [low, high - 1] if self.kind == "randint" else [low, high]
+
+    def sample(self, rng: np.random.Generator):
+        if self.kind in ("grid", "choice"):
+            return self.values[int(rng.integers(len(self.values)))]
+        low, high = self.values
+        if self.kind == "uniform":
+            return float(rng.uniform(low, high))
+        if self.kind == "loguniform":
+            return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        return int(rng.integers(low, high))
+
+
+class Search(_Section):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    samples: int = Field(1, ge=1)  # random / optuna: points to try (times the seeds)
+    seed: int = 0  # of the random sampler and of Optuna's TPE
+
+
+class Scheduler(_Section):
+    name: Literal["fifo", "asha"] = "fifo"
+    metric: str = "loss"  # ASHA: an intermediate metric every trial reports each epoch
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(1, ge=1)  # epochs before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(_Section):
+    workers: int = Field(1, ge=1)  # Ray Train workers per trial
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster holds now
+
+
+class Eval(_Section):
+    mode: Literal["knn", "linear", "retrieve", "background", "finetune"] = "knn"
+    dataset: str | None = None  # None: the trial's own dataset
+    root: str | None = None
+    split: int | None = None
+    k: int = Field(20, ge=1)
+    clips: int = Field(10, ge=1)
+    set: dict[str, Any] = {}  # overrides for the evaluation (e.g. finetune's optim.epochs)
+
+
+class Objective(_Section):
+    metric: str = "test.top1"  # a field of the evaluation's results, dotted (e.g. knn.gap for background)
+    mode: Literal["min", "max"] = "max"
+    also: list[str] = []  # more result fields shown in the report
+
+
+class Reference(_Section):
+    title: str  # where the numbers come from, e.g. "Table 4, UCF101 fine-tune top-1 (paper)"
+    param: str  # the swept field they are indexed by
+    values: dict[str, float]
+
+
+class Sweep(_Section):
+    name: str
+    base: Base = Base()
+    space: dict[str, Dimension]
+    search: Search = Search()
+    scheduler: Scheduler = Scheduler()
+    seeds: int | list[int] = 1  # a count (seeds 0..n-1) or the list
+    resources: Resources = Resources()
+    eval: Eval = Eval()
+    objective: Objective = Objective()
+    retries: int = Field(1, ge=0)  # a failed trial is run again this many times, then reported failed
+    storage: str = "~/beray_results/sweeps"
+    reference: Reference | None = None
+    synthetic: bool = False  # run the same space on BackgroundBias-Synth at cpu-tiny scale (see SYNTHETIC)
+    source: str | None = None  # the file it was read from (set by load_sweep)
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v):
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError(f"a sweep name is one word without slashes or spaces, got {v!r}")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _fields(cls, v):
+        if not v:
+            raise ValueError("the space needs at least one field")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.search.algorithm == "grid":
+            ranged = [k for k, d in self.space.items() if d.kind not in ("grid", "choice")]
+            if ranged:
+                raise ValueError(f"space.{ranged[0]}: {self.space[ranged[0]].kind} needs search.algorithm random or "
+                                 "optuna (grid search takes grid and choice)")
+        if self.reference is not None and self.reference.param not in self.space:
+            raise ValueError(f"reference.param {self.reference.param!r} is not a field of the space "
+                             f"({', '.join(self.space)})")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    # -- the run configs of the trials ------------------------------------------------------
+
+    def points(self) -> list[dict[str, Any]]:
+        """The points grid and random search run (every one with every seed); Optuna's are chosen as it goes."""
+        grid_keys = [k for k, d in self.space.items() if d.kind in ("grid", "choice")
+                     and (self.search.algorithm == "grid" or d.kind == "grid")]
+        grid = [dict(zip(grid_keys, combo)) for combo in itertools.product(*(self.space[k].values for k in grid_keys))]
+        rest = [k for k in self.space if k not in grid_keys]
+        if not rest:
+            return grid
+        rng = np.random.default_rng(self.search.seed)
+        return [{**g, **{k: self.space[k].sample(rng) for k in rest}} for _ in range(self.search.samples)
+                for g in grid]
+
+    def run_config(self, point: dict[str, Any], seed: int, storage: str | None = None, name: str | None = None,
+                   check_paths: bool = True) -> Config:
+        """The run config of one trial: base <- point <- seed, resources and where it lives."""
+        overrides = [*_sets(self.base.set), *_sets(point), f"run.seed={seed}",
+                     f"run.workers={self.resources.workers}", f"run.cpus_per_worker={self.resources.cpus_per_worker}",
+                     f"run.gpus_per_worker={self.resources.gpus_per_worker}"]
+        if storage is not None:
+            overrides += [f"run.storage={storage}", f"run.name={name}"]
+        config = None
+        if self.base.config is not None:
+            config = Path(self.base.config)
+            if self.source and not config.is_absolute():
+                config = Path(self.source).parent / config
+        return load_config(config, overrides, preset=self.base.preset, check_paths=check_paths)
+
+    def validate_trials(self, check_paths: bool = True) -> list[tuple[dict, int, Config]]:
+        """Every trial's (point, seed, run config) for grid and random search; for Optuna, every listed value
+        and both ends of every range. ConfigError naming the space field that makes an invalid run."""
+        try:
+            self.run_config({}, 0, check_paths=check_paths)
+        except ConfigError as e:
+            raise ConfigError(f"base: {e}") from None
+        if self.search.algorithm == "optuna":
+            for key, dim in self.space.items():
+                for value in dim.corners():
+                    _check(self, {key: value}, check_paths)
+            return []
+        return [(p, s, _check(self, p, check_paths)) for p in self.points() for s in self.seed_list]
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _sets(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def _check(sweep: Sweep, point: dict, check_paths: bool) -> Config:
+    try:
+        return sweep.run_config(point, 0, check_paths=check_paths)
+    except ConfigError as e:
+        where = ", ".join(f"space.{k} = {v!r}" for k, v in point.items())
+        raise ConfigError(f"{where} makes an invalid run: {str(e).removeprefix('invalid config:').strip()}") from None
+
+
+# ``synthetic: true`` keeps a sweep's space, search, seeds and its method settings (method.*, be.*),
+# and swaps in the cpu-tiny preset on BackgroundBias-Synth, two trials at a time on 2 cores, a kNN
+# objective on the background-swapped videos, and results under NAME-synthetic.
+SYNTHETIC = {"eval": {"mode": "knn"}, "resources": {"workers": 1, "cpus_per_worker": 0.5},
+             "objective": {"metric": "test_swapped.top1", "mode": "max", "also": ["test_biased.top1"]},
+             "reference": None}
+KEPT_ON_SYNTHETIC = ("method.", "be.")
+
+
+def _synthetic(tree: dict) -> dict:
+    base = tree.get("base") or {}
+    kept = {k: v for k, v in (base.get("set") or {}).items() if k.startswith(KEPT_ON_SYNTHETIC)}
+    out = {**tree, **copy.deepcopy(SYNTHETIC), "base": {"preset": "cpu-tiny", "set": kept}}
+    out["name"] = f"{tree.get('name', 'sweep')}-synthetic"
+    if (tree.get("scheduler") or {}).get("name") == "asha":  # ASHA over the short schedule: from the first epoch
+        out["scheduler"] = {**tree["scheduler"], "grace_period": 1}
+    return out
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read and validate a sweep file; ``overrides`` are ``a.b=c`` on the sweep file's own fields
+    (``base.set.data.dataset=synth`` reaches the run config). ConfigError naming the field."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping (name, base, space, search, ...)")
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        _override(tree, item)
+    if tree.get("synthetic") is True:
+        tree = _synthetic(tree)
+    tree["source"] = str(path)
+    try:
+        return Sweep.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: " + format_errors(e, Sweep).replace("invalid config", "invalid sweep file")) from None
+
+
+def _override(tree: dict, item: str) -> None:
+    """``base.set.X.Y=v`` sets run-config field X.Y (a dotted key of base.set); other keys nest."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. base.set.data.dataset=synth")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    for prefix in ("base.set.", "eval.set."):  # their keys are dotted run-config fields
+        if key.startswith(prefix):
+            section, sub = prefix.split(".")[:2]
+            tree.setdefault(section, {}).setdefault(sub, {})[key[len(prefix):]] = value
+            return
+    if key.startswith("space."):  # space.FIELD.KIND=values or space.FIELD={kind: values}
+        field, _, kind = key[len("space."):].rpartition(".")
+        space = tree.setdefault("space", {})
+        if kind in KINDS:
+            space[field] = {kind: value}
+        else:
+            space[key[len("space."):]] = value
+        return
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+    node[parts[-1]] = value

@@ -1,0 +1,202 @@
+"""``python -m beray.sweep``: sweep files validated before Ray starts, the report checked against
+hand-made trial results, and real tiny sweeps on the session's local Ray (trials are real Ray Train
+runs, scored by a real kNN evaluation): a 2 x 2 grid, ASHA stopping a trial, a killed driver resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from beray.sweep.__main__ import main
+from beray.sweep.report import aggregate, write_report
+from beray.sweep.spec import Sweep, load_sweep
+
+SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
+
+
+# -- sweep files ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_sweep_file_passes_its_dry_run(path, capsys):
+    assert main([str(path), "--dry-run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "no Ray started" in out
+    assert main([str(path), "--dry-run", "--set", "synthetic=true"]) == 0  # the README's one-line switch
+    assert "on synth (generated), r3d_18 x0.125" in capsys.readouterr().out
+
+
+def test_paper_sweeps_are_the_ablations_they_name():
+    gamma = load_sweep("sweeps/gamma.yaml")
+    assert [p["be.gamma"] for p in gamma.points()] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [p["method.beta"] for p in load_sweep("sweeps/beta.yaml").points()] == [0, 0.5, 1, 2, 5]
+    assert [p["data.stride"] for p in load_sweep("sweeps/stride.yaml").points()] == [1, 2, 4, 8]
+    noise = load_sweep("sweeps/noise.yaml")
+    assert {p["be.noise"] for p in noise.points()} == set(noise.reference.values) and len(noise.points()) == 6
+    cfg = gamma.run_config({"be.gamma": 0.3}, 0, check_paths=False)
+    assert (cfg.data.dataset, cfg.data.split, cfg.model.backbone, cfg.optim.epochs) == ("ucf101", 1, "i3d", 50)
+    tpe = load_sweep("sweeps/tpe.yaml")
+    assert tpe.search.algorithm == "optuna" and tpe.scheduler.name == "asha"
+    synthetic = load_sweep("sweeps/beta.yaml", ["synthetic=true"])
+    cfg = synthetic.run_config({"method.beta": 2.0}, 1, check_paths=False)
+    assert (cfg.method.name, cfg.method.beta, cfg.data.dataset, cfg.run.seed) == ("rotnet", 2.0, "synth", 1)
+
+
+def test_random_points_are_reproducible_and_inside_the_space():
+    sweep = Sweep.model_validate({"name": "r", "space": {"be.gamma": {"uniform": [0.1, 0.4]},
+                                                         "optim.lr": {"loguniform": [1e-3, 1e-1]},
+                                                         "data.stride": {"grid": [2, 4]}},
+                                  "search": {"algorithm": "random", "samples": 5, "seed": 3}, "seeds": [7, 8]})
+    points = sweep.points()
+    assert len(points) == 10 and points == sweep.points()
+    assert sorted({p["data.stride"] for p in points}) == [2, 4]
+    assert all(0.1 <= p["be.gamma"] <= 0.4 and 1e-3 <= p["optim.lr"] <= 1e-1 for p in points)
+    assert len(sweep.validate_trials(check_paths=False)) == 20  # every point with both seeds
+
+
+def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
+    good = yaml.safe_load(Path("sweeps/quickstart.yaml").read_text())
+    cases = [
+        ({"space": {"be.gamma": {"grid": [0.1, 7]}}}, "space.be.gamma = 7 makes an invalid run: be.gamma: Input should"),
+        ({"space": {"be.noise": {"grid": ["none", "salt"]}}}, "space.be.noise = 'salt' makes an invalid run"),
+        ({"search": {"algorithm": "bayes"}}, "search.algorithm: Input should be 'grid', 'random' or 'optuna'"),
+        ({"resources": {"gpu": 1}}, "resources.gpu: unknown key; allowed: workers, cpus_per_worker"),
+        ({"space": {"be.gamma": {"uniform": [0.5, 0.1]}}}, "space.be.gamma: Value error, uniform needs low < high"),
+        ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'fifo' or 'asha'"),
+        ({"base": {"preset": "huge"}}, "base.preset: Value error, unknown preset 'huge'"),
+        ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}}},
+         "data.root /no/such/ucf101 does not exist"),
+    ]
+    for change, message in cases:
+        f = tmp_path / "bad.yaml"
+        f.write_text(yaml.safe_dump({**good, **change}))
+        code = main([str(f)])
+        err = capsys.readouterr().err
+        assert code == 2 and message.replace("Value error, ", "") in err and "Traceback" not in err, (change, err)
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read sweep file" in capsys.readouterr().err
+
+
+# -- the report against hand-made results -----------------------------------------------------------
+
+def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
+    sweep = Sweep.model_validate({"name": "h", "space": {"be.gamma": {"grid": [0.0, 0.3, 0.5]}}, "seeds": 3,
+                                  "objective": {"metric": "test.top1", "mode": "max"}})
+    records = [{"point": {"be.gamma": 0.3}, "seed": s, "status": "finished", "objective": v}
+               for s, v in enumerate([0.5, 0.7, 0.6])]
+    records += [{"point": {"be.gamma": 0.0}, "seed": 0, "status": "finished", "objective": 0.4},
+                {"point": {"be.gamma": 0.0}, "seed": 1, "status": "stopped"},
+                {"point": {"be.gamma": 0.5}, "seed": 0, "status": "failed", "error": "Traceback\nValueError: boom"}]
+    rows = aggregate(records, sweep)
+    assert [r.point["be.gamma"] for r in rows] == [0.3, 0.0, 0.5]  # best first, no result last
+    assert rows[0].mean == pytest.approx(0.6) and rows[0].std == pytest.approx(0.1) and rows[0].n == 3
+    assert rows[1].n == 1 and rows[1].std == 0 and rows[1].stopped == 1
+    assert rows[2].n == 0 and rows[2].failed == 1 and rows[2].errors == ["ValueError: boom"]
+    (tmp_path / "trials").mkdir()
+    for i, r in enumerate(records):
+        (tmp_path / "trials" / f"t{i}.json").write_text(json.dumps(r))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump()))
+    md = write_report(tmp_path)
+    assert "best: be.gamma=0.3 (test.top1 0.6000 +- 0.1000, n=3)" in md
+    with open(tmp_path / "results.csv") as fh:
+        table = list(csv.reader(fh))
+    assert table[1][:4] == ["0.3", "0.6", "0.1", "3"] or [table[1][0], *map(float, table[1][1:3]), table[1][3]] == \
+        ["0.3", pytest.approx(0.6), pytest.approx(0.1), "3"]
+    assert "1 stopped early" in table[2][-1] and "1 failed: ValueError: boom" in table[3][-1]
+    assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "results.md").is_file()
+
+
+# -- real sweeps on the session's Ray ---------------------------------------------------------------
+
+def _tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> Path:
+    """A sweep file over the tiny BackgroundBias-Synth: 16 px, 4 frames, batch 4, kNN objective."""
+    tree = {"name": name, "storage": str(tmp_path / "sweeps"),
+            "base": {"preset": "cpu-tiny", "set": {"data.root": str(synth), "data.num_frames": 4,
+                                                   "data.decode_size": 20, "augment.size": 16,
+                                                   "method.queue_size": 64, "optim.batch_size": 4,
+                                                   "optim.epochs": 2, "run.images_every": 0}},
+            "space": space, "seeds": 1, "resources": {"workers": 1, "cpus_per_worker": 0.5},
+            "eval": {"mode": "knn", "k": 3}, "objective": {"metric": "test_swapped.top1", "mode": "max"}, **extra}
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(tree))
+    return f
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted((results / "trials").glob("*.json"))]
+
+
+def test_a_two_by_two_sweep_reports_four_points(ray_cluster, tiny_synth, tmp_path, capsys):
+    f = _tiny_sweep(tmp_path, tiny_synth, "grid", {"be.gamma": {"grid": [0.0, 0.3]},
+                                                   "be.noise": {"grid": ["intra_frame", "gaussian"]}})
+    assert main([str(f)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    results = tmp_path / "sweeps" / "grid"
+    records = _records(results)
+    assert len(records) == 4 and all(r["status"] == "finished" for r in records)
+    assert all(0 <= r["objective"] <= 1 for r in records)
+    assert out.count("started   ") == 4 and out.count("finished  ") == 4 and "(4 done, 0 running, 0 pending)" in out
+    with open(results / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {(r["be.gamma"], r["be.noise"]) for r in rows} == \
+        {("0", "intra_frame"), ("0", "gaussian"), ("0.3", "intra_frame"), ("0.3", "gaussian")}
+    assert all(r["n"] == "1" for r in rows)
+    assert (results / "results.png").is_file() and "best: " in (results / "results.md").read_text()
+    runs = sorted((results / "runs").iterdir())  # one run dir per trial: one tensorboard --logdir for all
+    assert len(runs) == 4 and all((r / "tensorboard").is_dir() and (r / "eval" / "knn-synth-split1.json").is_file()
+                                  for r in runs)
+    assert main(["report", str(results)]) == 0 and "| be.gamma | be.noise |" in capsys.readouterr().out
+
+
+def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_synth, tmp_path, capsys):
+    # One trial at a time, the sound one first: a 4096-key queue of random keys puts MoCo's loss about
+    # ln(4096 / 16) = 5.5 nats above the other's from the first step, far beyond what two steps change.
+    # The third (8 keys, a lower loss still) must then get the stopped trial's CPUs and finish.
+    f = _tiny_sweep(tmp_path, tiny_synth, "asha", {"method.queue_size": {"grid": [16, 4096, 8]}},
+                    scheduler={"name": "asha", "metric": "loss", "mode": "min", "grace_period": 1,
+                               "reduction_factor": 2},
+                    resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+    assert main([str(f)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    by_queue = {r["point"]["method.queue_size"]: r for r in _records(tmp_path / "sweeps" / "asha")}
+    assert by_queue[16]["status"] == "finished" and by_queue[4096]["status"] == "stopped"
+    assert by_queue[8]["status"] == "finished"  # the stopped trial freed its resources
+    assert by_queue[4096]["epochs"] == 1 and "stopped early (ASHA)" in out
+    assert "1 stopped early" in (tmp_path / "sweeps" / "asha" / "results.md").read_text()
+
+
+def test_a_killed_driver_resumes_with_only_the_trials_left(ray_cluster, tiny_synth, tmp_path):
+    f = _tiny_sweep(tmp_path, tiny_synth, "resume", {"be.gamma": {"grid": [0.0, 0.1, 0.2]}},
+                    resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+    results = tmp_path / "sweeps" / "resume"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"], "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(r["status"] == "finished" for r in
+                                             (_records(results) if (results / "trials").is_dir() else [])):
+        time.sleep(0.5)
+    time.sleep(2)  # let Tune save its state after the first trial
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = [r for r in _records(results) if r["status"] == "finished"]
+    assert len(first) == 1, proc.stdout.read()[-3000:]
+    done_id = first[0]["trial_id"]
+    checkpoints = sorted((results / "runs" / done_id).glob("checkpoint_*"))
+    res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--resume"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"started   {done_id}" not in res.stdout  # the finished trial is not run again
+    assert sorted((results / "runs" / done_id).glob("checkpoint_*")) == checkpoints
+    records = _records(results)
+    assert len(records) == 3 and all(r["status"] == "finished" for r in records), records
+    again = subprocess.run([sys.executable, "-m", "beray.sweep", str(f)], env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # the same name again: refused, nothing lost
