@@ -7,11 +7,17 @@ The same object flows from the CLI to every Ray Train worker (it is plain data).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+
+def results_root() -> str:
+    """Where runs and sweeps go unless told: ``$BERAY_RESULTS``, else ``~/beray_results``."""
+    return os.environ.get("BERAY_RESULTS", "~/beray_results")
 
 
 def _one_of(value: str, allowed, what: str) -> str:
@@ -104,7 +110,7 @@ class OptimConfig(_Section):
 
 class RunConfig(_Section):
     name: str | None = None  # default: derived from method, noise and time
-    storage: str = "~/beray_results"
+    storage: str = Field(default_factory=lambda: results_root())  # local folder or URI (s3://, gs://, ...)
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs; what is left feeds the Ray Data pipeline

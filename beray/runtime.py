@@ -38,6 +38,7 @@ def init_ray(**kwargs) -> dict:
         address = os.environ.get("RAY_ADDRESS") or None
         if address is None:
             kwargs.setdefault("_system_config", SYSTEM_CONFIG)
+            os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train page
             cap_malloc_arenas()  # before the raylet starts: its workers inherit the setting
         return ray.init(address=address, **kwargs).address_info
     return {}

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                    help="overrides (default: model.width=0.5 augment.size=64 data.num_frames=16)")
     e.add_argument("--batch-size", type=int, default=32, help="clips per model call (default 32)")
-    for p in (d, b, t, k, e):
+    w = sub.add_parser("sweep", help="4 tiny trials as one beray.sweep vs back-to-back beray.train + beray.eval")
+    w.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
+    for p in (d, b, t, k, e, w):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -66,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res))
         else:
             extract.print_table(res)
+    elif args.name == "sweep":
+        from beray.bench import sweep
+
+        res = sweep.run(args.epochs)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            sweep.print_table(res)
     elif args.name == "soak":
         from beray.bench import soak
 

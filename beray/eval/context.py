@@ -22,6 +22,8 @@ class EvalContext:
     actors: int | None = None  # model actors (None: one per GPU, or per two CPUs)
     progress: bool = True
     use_cache: bool = True
+    actor_cpus: float = 1.0  # per model actor
+    actor_gpus: float | None = None  # None: one actor per GPU of the cluster, if any
 
     def __post_init__(self):
         d = self.cfg.data
@@ -76,6 +78,7 @@ class EvalContext:
             desc = ", ".join(f"{wanted[i][0]} ({wanted[i][1]})" for i in todo)
             fresh = extract(self.cfg, self._weights[head], head, [(self.records(wanted[i][0]), specs[i]) for i in todo],
                             pool=pool, batch_size=self.batch_size, actors=self.actors, progress=self.progress,
+                            actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus,
                             desc=desc if len(desc) < 60 else f"{len(todo)} subsets")
             for i, f in zip(todo, fresh):
                 found[i] = f

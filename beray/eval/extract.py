@@ -104,19 +104,27 @@ def decode_clips(batch: dict[str, np.ndarray], specs: list[ClipSpec], timeout_s:
     return {k: np.stack(v) if k == "x" else np.asarray(v, dtype=np.int64) for k, v in rows.items()} if rows["x"] else {}
 
 
-def model_placement(actors: int | None = None) -> dict:
-    """``map_batches`` options for the model actors: one per GPU when the cluster has GPUs, else one
-    per two CPUs (one thread each), leaving the other CPUs to decoding."""
+def model_placement(actors: int | None = None, cpus: float = 1.0, gpus: float | None = None) -> dict:
+    """``map_batches`` options for the model actors. ``gpus`` None: one actor per GPU of the cluster, or
+    without GPUs one per two CPUs (the other CPUs decode); a sweep's trial passes its own share
+    (``cpus``, ``gpus``, one actor), so its evaluation never holds more than its training did."""
     res = ray.cluster_resources()
-    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    cluster_gpus = int(res.get("GPU", 0))
+    threads = max(1, int(cpus))
+    if gpus is None and cluster_gpus:
+        return {"num_gpus": 1, "num_cpus": min(cpus, 1.0),
+                "compute": ray.data.ActorPoolStrategy(size=actors or cluster_gpus), "threads": threads}
     if gpus:
-        return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=actors or gpus), "threads": 1}
-    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=actors or max(1, cpus // 2)), "threads": 1}
+        return {"num_gpus": gpus, "num_cpus": min(cpus, 1.0), "compute": ray.data.ActorPoolStrategy(size=actors or 1),
+                "threads": threads}
+    size = actors or (1 if gpus is not None else max(1, int(res.get("CPU", 1)) // 2))
+    return {"num_cpus": cpus, "compute": ray.data.ActorPoolStrategy(size=size), "threads": threads}
 
 
 def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], ClipSpec]], *,
             batch_size: int = 32, actors: int | None = None, pool: tuple[int, int, int] = RETRIEVAL_POOL,
-            desc: str = "clips", progress: bool = True) -> list[Features]:
+            desc: str = "clips", progress: bool = True, actor_cpus: float = 1.0,
+            actor_gpus: float | None = None) -> list[Features]:
     """``head`` outputs of every clip of each job's records (rows with path, label, start/end frames),
     clips sampled as the job's spec: one Ray Data pass for all jobs, one ``Features`` per job."""
     from tqdm import tqdm
@@ -132,7 +140,7 @@ def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], 
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset "execution finished" lines
     state = RunData.remote()  # collects unreadable videos
-    place = model_placement(actors)
+    place = model_placement(actors, actor_cpus, actor_gpus)
     threads = place.pop("threads")
     rows = [{**r, "index": i, "job": j} for j, (records, _) in enumerate(jobs) for i, r in enumerate(records)]
     specs = [spec for _, spec in jobs]

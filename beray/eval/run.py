@@ -30,10 +30,12 @@ class EvalOptions:
     actors: int | None = None
     progress: bool = True
     use_cache: bool = True
+    actor_cpus: float = 1.0  # per model actor
+    actor_gpus: float | None = None  # None: one actor per GPU of the cluster, if any
 
     def context(self) -> dict:
         return {"batch_size": self.batch_size, "actors": self.actors, "progress": self.progress,
-                "use_cache": self.use_cache}
+                "use_cache": self.use_cache, "actor_cpus": self.actor_cpus, "actor_gpus": self.actor_gpus}
 
 
 def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions()) -> list[tuple[str, Report, Path]]:

@@ -18,7 +18,7 @@ def _dry_run(sweep) -> None:
     from beray.sweep.progress import describe
 
     trials = sweep.validate_trials(check_paths=False)
-    cpus, gpus = trial_resources(sweep)
+    held, decode, gpus = trial_resources(sweep)
     r = sweep.resources
     cfg = sweep.run_config({}, 0, check_paths=False)
     print(f"sweep {sweep.name}: {sweep.search.algorithm} search, {sweep.scheduler.name} scheduler, "
@@ -26,8 +26,8 @@ def _dry_run(sweep) -> None:
     print(f"base: {cfg.method.name} + {cfg.be.noise} on {cfg.data.dataset} "
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
     print(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
-          + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), about {cpus:g} CPU(s)"
-          + (f" and {gpus:g} GPU(s)" if gpus else "") + " with decoding; at most "
+          + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"
+          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus {decode:g} per decode task; at most "
           + (str(r.max_concurrent) if r.max_concurrent else "as many as the cluster holds") + " at once")
     if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
         print(f"note: data.root {cfg.data.root} is not on this machine; it must be where the sweep runs")

@@ -24,19 +24,21 @@ def results_dir(sweep: Sweep) -> Path:
     return Path(sweep.storage).expanduser() / sweep.name
 
 
-def trial_resources(sweep: Sweep) -> tuple[float, float]:
-    """(CPUs, GPUs) one trial holds: its Train workers, and a decode task's CPUs."""
+def trial_resources(sweep: Sweep) -> tuple[float, float, float]:
+    """(CPUs a trial holds while it runs, CPUs of one decode task, GPUs): it holds its driver and its
+    Train workers, or while it evaluates a model actor of at most their share."""
     cfg = sweep.run_config({}, 0, check_paths=False)
     r = sweep.resources
-    return r.workers * r.cpus_per_worker + cfg.data.decode_cpus, r.workers * r.gpus_per_worker
+    return DRIVER_CPU + r.workers * r.cpus_per_worker, cfg.data.decode_cpus, r.workers * r.gpus_per_worker
 
 
 def max_concurrent(sweep: Sweep, cluster: dict) -> int:
-    """``resources.max_concurrent`` or, unset, as many trials as ``cluster``'s CPUs and GPUs hold."""
+    """``resources.max_concurrent`` or, unset, as many trials as ``cluster`` holds with one decode task's
+    CPUs always left free: then every trial's data pipeline can make progress, and none starves."""
     if sweep.resources.max_concurrent:
         return sweep.resources.max_concurrent
-    cpus, gpus = trial_resources(sweep)
-    n = math.floor(cluster.get("CPU", 1) / cpus + 1e-9)
+    held, decode, gpus = trial_resources(sweep)
+    n = math.floor((cluster.get("CPU", 1) - decode) / held + 1e-9)
     if gpus:
         n = min(n, math.floor(cluster.get("GPU", 0) / gpus + 1e-9))
     return max(1, n)

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from beray.config import PRESETS, Config, ConfigError, format_errors, load_config
+from beray.config import PRESETS, Config, ConfigError, format_errors, load_config, results_root
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -151,7 +151,7 @@ class Sweep(_Section):
     eval: Eval = Eval()
     objective: Objective = Objective()
     retries: int = Field(1, ge=0)  # a failed trial is run again this many times, then reported failed
-    storage: str = "~/beray_results/sweeps"
+    storage: str = Field(default_factory=lambda: f"{results_root()}/sweeps")
     reference: Reference | None = None
     synthetic: bool = False  # run the same space on BackgroundBias-Synth at cpu-tiny scale (see SYNTHETIC)
     source: str | None = None  # the file it was read from (set by load_sweep)
@@ -278,8 +278,11 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     tree = copy.deepcopy(tree)
     for item in overrides:
         _override(tree, item)
-    if tree.get("synthetic") is True:
+    if tree.get("synthetic") is True:  # then the overrides again: they win over the synthetic defaults
         tree = _synthetic(tree)
+        for item in overrides:
+            if not item.startswith("synthetic="):
+                _override(tree, item)
     tree["source"] = str(path)
     try:
         return Sweep.model_validate(tree)

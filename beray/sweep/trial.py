@@ -48,8 +48,10 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     cfg = s.run_config(point, seed, storage=runs, name=name)
     info = fit(cfg, name, callbacks=[TuneReportCallback()])
     e = s.eval
+    r = s.resources  # the evaluation holds no more than the training did: concurrent trials cannot starve
     opts = EvalOptions(dataset=e.dataset, root=e.root, split=e.split, overrides=_sets(e.set), k=e.k, clips=e.clips,
-                       progress=False)
+                       progress=False, actors=1, actor_cpus=min(1.0, r.workers * r.cpus_per_worker),
+                       actor_gpus=min(1.0, r.workers * r.gpus_per_worker))
     results = {}
     for stem, report, directory in evaluate(e.mode, info.checkpoint, opts):
         report.write(directory, stem)
