@@ -204,16 +204,29 @@ def test_a_killed_driver_resumes_with_only_the_trials_left(ray_cluster, tiny_syn
 
 def test_a_failing_trial_is_retried_then_reported_failed_and_the_sweep_goes_on(ray_cluster, tiny_synth, tmp_path,
                                                                               capsys):
-    # lr 1e6 blows the loss up to NaN within the first steps: the run raises, Tune runs it once more, then
-    # reports it failed with its error while the sound trial finishes.
-    f = _tiny_sweep(tmp_path, tiny_synth, "fail", {"optim.lr": {"grid": [0.05, 1.0e6]}}, retries=1)
+    # A decode timeout of a microsecond makes every video unreadable: the run has no batch and raises;
+    # Tune runs it once more, then reports it failed with its error while the sound trial finishes.
+    f = _tiny_sweep(tmp_path, tiny_synth, "fail", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}}, retries=1)
     tree = yaml.safe_load(f.read_text())
     tree["base"]["set"]["run.max_failures"] = 0
     f.write_text(yaml.safe_dump(tree))
     assert main([str(f)]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    by_lr = {r["point"]["optim.lr"]: r for r in _records(tmp_path / "sweeps" / "fail")}
-    assert by_lr[0.05]["status"] == "finished" and by_lr[1.0e6]["status"] == "failed"
-    assert "loss is nan" in by_lr[1.0e6]["error"].lower() or "loss is inf" in by_lr[1.0e6]["error"].lower()
+    by_timeout = {r["point"]["data.decode_timeout_s"]: r for r in _records(tmp_path / "sweeps" / "fail")}
+    assert by_timeout[60.0]["status"] == "finished" and by_timeout[1.0e-6]["status"] == "failed"
+    assert "no full batch" in by_timeout[1.0e-6]["error"]
     assert "retrying" in out and "failed    " in out
     assert "1 failed" in (tmp_path / "sweeps" / "fail" / "results.md").read_text()
+
+
+def test_optuna_search_keeps_its_study_in_sqlite(ray_cluster, tiny_synth, tmp_path, capsys):
+    import optuna
+
+    f = _tiny_sweep(tmp_path, tiny_synth, "tpe", {"be.gamma": {"uniform": [0.0, 0.5]}},
+                    search={"algorithm": "optuna", "samples": 2, "seed": 0})
+    assert main([str(f)]) == 0, capsys.readouterr().err
+    results = tmp_path / "sweeps" / "tpe"
+    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    records = {round(r["point"]["be.gamma"], 6): r["objective"] for r in _records(results)}
+    assert {round(t.params["be.gamma"], 6): t.value for t in study.trials} == pytest.approx(records)

@@ -65,11 +65,12 @@ def searcher(sweep: Sweep, results: Path):
         return None
     import optuna
     from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
+
+    from beray.sweep.optuna_search import FinalObjectiveOptuna
 
     results.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")  # optuna-dashboard opens it
-    search = OptunaSearch(metric="objective", mode=sweep.objective.mode, study_name=sweep.name, storage=storage,
+    search = FinalObjectiveOptuna(metric="objective", mode=sweep.objective.mode, study_name=sweep.name, storage=storage,
                           seed=sweep.search.seed)
     seeds = len(sweep.seed_list)
     return Repeater(search, repeat=seeds) if seeds > 1 else search  # each point with every seed, averaged
@@ -91,6 +92,8 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     import os
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0: no tables
+    # The epochs' reports carry the loss (ASHA's metric), only the last one the objective (the searcher's)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import logging
 
     from ray import tune

@@ -141,7 +141,10 @@ def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
         stds = [PointResult({}, by_value[x]).std for x in xs]
         numeric = all(isinstance(x, (int, float)) for x in xs)
         pos = xs if numeric else list(range(len(xs)))
-        ax.errorbar(pos, means, yerr=stds, fmt="o-" if numeric else "o", capsize=4)
+        joined = numeric and sweep.space[key].kind != "uniform" and sweep.space[key].kind != "loguniform"
+        ax.errorbar(pos, means, yerr=stds, fmt="o-" if joined else "o", capsize=4)
+        if sweep.space[key].kind == "loguniform":
+            ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(pos, [str(x) for x in xs], rotation=30, ha="right", fontsize=7)
         ax.set_xlabel(key)
