@@ -41,7 +41,8 @@ def test_paper_sweeps_are_the_ablations_they_name():
     assert [p["data.stride"] for p in load_sweep("sweeps/stride.yaml").points()] == [1, 2, 4, 8]
     noise = load_sweep("sweeps/noise.yaml")
     assert {p["be.noise"] for p in noise.points()} == set(noise.reference.values) and len(noise.points()) == 6
-    cfg = gamma.run_config({"be.gamma": 0.3}, 0, check_paths=False)
+    cfg = gamma.run_config({"be.gamma": 0.3}, 0, storage="/tmp/s", name="73008_00001", check_paths=False)
+    assert cfg.run.name == "73008_00001"  # a trial id, which YAML alone would read as the number 7300800001
     assert (cfg.data.dataset, cfg.data.split, cfg.model.backbone, cfg.optim.epochs) == ("ucf101", 1, "i3d", 50)
     tpe = load_sweep("sweeps/tpe.yaml")
     assert tpe.search.algorithm == "optuna" and tpe.scheduler.name == "asha"

@@ -207,7 +207,7 @@ class Sweep(_Section):
                      f"run.workers={self.resources.workers}", f"run.cpus_per_worker={self.resources.cpus_per_worker}",
                      f"run.gpus_per_worker={self.resources.gpus_per_worker}"]
         if storage is not None:
-            overrides += [f"run.storage={storage}", f"run.name={name}"]
+            overrides += _sets({"run.storage": storage, "run.name": name})  # quoted: YAML reads 73008_00001 as a number
         config = None
         if self.base.config is not None:
             config = Path(self.base.config)
