@@ -200,15 +200,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value as YAML reads it (numbers, booleans, lists); the text itself if it is not YAML."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
 def _set(tree: dict, dotted: str) -> None:
     """Apply one ``a.b=c`` override; the value is parsed as YAML (numbers, booleans, lists)."""
     if "=" not in dotted:
         raise ConfigError(f"--set {dotted!r}: expected KEY=VALUE, e.g. be.gamma=0.5")
     key, raw = dotted.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     parts = key.strip().split(".")
     node = tree
     for p in parts[:-1]:

@@ -36,54 +36,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    if args.name == "decode":
-        from beray.bench import decode
+    import importlib
 
-        res = decode.run(decode.DecodeBench(videos_per_format=args.videos, clips_per_video=args.clips))
-        if args.json:
-            print(json.dumps(res))
-        else:
-            decode.print_table(res)
-    elif args.name == "be":
-        from beray.bench import be
-
-        res = be.run(args.device)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            be.print_table(res)
-    elif args.name == "train":
-        from beray.bench import train
-
-        res = train.run(args.preset, args.overrides, args.epochs, args.device)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            train.print_table(res)
-    elif args.name == "extract":
-        from beray.bench import extract
-
-        res = extract.run(args.preset, args.overrides, args.batch_size)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            extract.print_table(res)
-    elif args.name == "sweep":
-        from beray.bench import sweep
-
-        res = sweep.run(args.epochs)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            sweep.print_table(res)
-    elif args.name == "soak":
-        from beray.bench import soak
-
-        res = soak.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            soak.print_table(res)
+    bench = importlib.import_module(f"beray.bench.{args.name}")
+    runs = {
+        "decode": lambda: bench.run(bench.DecodeBench(videos_per_format=args.videos, clips_per_video=args.clips)),
+        "be": lambda: bench.run(args.device),
+        "train": lambda: bench.run(args.preset, args.overrides, args.epochs, args.device),
+        "extract": lambda: bench.run(args.preset, args.overrides, args.batch_size),
+        "sweep": lambda: bench.run(args.epochs),
+        "soak": lambda: bench.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json),
+    }
+    res = runs[args.name]()
+    if args.json:
+        print(json.dumps(res))
+    else:
+        bench.print_table(res)
     return 0
 
 

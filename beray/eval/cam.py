@@ -49,7 +49,7 @@ def cam(ctx: EvalContext, videos: int = 4) -> Report:
     picks = np.linspace(0, len(records) - 1, min(videos, len(records))).round().astype(int)
     spec = ctx.spec("centre")
     clips = np.stack([eval_clips(records[i], spec, int(i))[0] for i in picks])  # (N, T, 3, H, W)
-    maps = activation_maps(backbone, prepare_clips(torch.from_numpy(clips), torch.device("cpu"))).numpy()
+    maps = activation_maps(backbone, prepare_clips(torch.from_numpy(clips), torch.device("cpu"))).cpu().numpy()
     names = ctx.index.classes
     shown, titles, rows = [], [], []
     for n, (i, clip, m) in enumerate(zip(picks, clips, maps)):

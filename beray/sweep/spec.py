@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from beray.config import PRESETS, Config, ConfigError, format_errors, load_config, results_root
+from beray.config import PRESETS, Config, ConfigError, _set, format_errors, load_config, parse_value, results_root
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -291,28 +291,19 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 
 
 def _override(tree: dict, item: str) -> None:
-    """``base.set.X.Y=v`` sets run-config field X.Y (a dotted key of base.set); other keys nest."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. base.set.data.dataset=synth")
-    key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    for prefix in ("base.set.", "eval.set."):  # their keys are dotted run-config fields
-        if key.startswith(prefix):
-            section, sub = prefix.split(".")[:2]
-            tree.setdefault(section, {}).setdefault(sub, {})[key[len(prefix):]] = value
+    """``base.set.X.Y=v`` (and ``eval.set.``) sets run-config field X.Y, a dotted key of that mapping;
+    ``space.FIELD.KIND=v`` a dimension; any other key nests as in a run config's ``--set``."""
+    key, _, raw = item.partition("=")
+    for prefix in ("base.set.", "eval.set.", "space."):  # their keys are dotted run-config fields
+        if key.startswith(prefix) and "=" in item:
+            value = parse_value(raw)
+            section, sub = prefix.rstrip(".").partition(".")[::2]
+            node = tree.setdefault(section, {})
+            node = node.setdefault(sub, {}) if sub else node
+            field, _, kind = key[len(prefix):].rpartition(".")
+            if prefix == "space." and kind in KINDS:
+                node[field] = {kind: value}
+            else:
+                node[key[len(prefix):]] = value
             return
-    if key.startswith("space."):  # space.FIELD.KIND=values or space.FIELD={kind: values}
-        field, _, kind = key[len("space."):].rpartition(".")
-        space = tree.setdefault("space", {})
-        if kind in KINDS:
-            space[field] = {kind: value}
-        else:
-            space[key[len("space."):]] = value
-        return
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {p} is not a section")
-    node[parts[-1]] = value
+    _set(tree, item)
