@@ -223,6 +223,19 @@ def _set(tree: dict, dotted: str) -> None:
     node[parts[-1]] = value
 
 
+def read_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ConfigError saying what is wrong with it."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of {expected}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None,
                 base: dict[str, Any] | None = None, check_paths: bool = True) -> Config:
     """Preset (or the YAML's ``preset:`` key) <- YAML file <- ``--set`` overrides, validated.
@@ -230,16 +243,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
     ``base`` (a saved run's config) replaces the preset. ``check_paths=False`` leaves out the check
     that ``data.root`` exists here. Raises ConfigError with one line per problem, each naming the field.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, be, method, ...)")
+    tree = read_mapping(path, "config", "sections (data, be, method, ...)") if path is not None else {}
     preset = preset or tree.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")

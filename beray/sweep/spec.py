@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from beray.config import PRESETS, Config, ConfigError, _set, format_errors, load_config, parse_value, results_root
+from beray.config import PRESETS, Config, ConfigError, _set, format_errors, load_config, parse_value, read_mapping, results_root
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -267,15 +267,7 @@ def _synthetic(tree: dict) -> dict:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; ``overrides`` are ``a.b=c`` on the sweep file's own fields
     (``base.set.data.dataset=synth`` reaches the run config). ConfigError naming the field."""
-    try:
-        tree = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep file {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping (name, base, space, search, ...)")
-    tree = copy.deepcopy(tree)
+    tree = read_mapping(path, "sweep file", "fields (name, base, space, search, ...)")
     for item in overrides:
         _override(tree, item)
     if tree.get("synthetic") is True:  # then the overrides again: they win over the synthetic defaults
