@@ -40,5 +40,28 @@ def init_ray(**kwargs) -> dict:
             kwargs.setdefault("_system_config", SYSTEM_CONFIG)
             os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train page
             cap_malloc_arenas()  # before the raylet starts: its workers inherit the setting
-        return ray.init(address=address, **kwargs).address_info
+        info = ray.init(address=address, **kwargs).address_info
+        pin_data_coordinator()
+        return info
     return {}
+
+
+def pin_data_coordinator() -> None:
+    """Create Ray Data's autoscaling coordinator on the head node before any dataset runs.
+
+    Ray 2.60 creates this detached actor, which every Ray Data execution and Train run of the cluster
+    asks for its resource budget, hard-pinned to the node of whichever process first needs it: often a
+    worker node. When that node is lost the actor can never restart, and every dataset of the cluster
+    stalls ("Cluster resources are not enough to run any task"); the multi-node test caught it. Later
+    requests find ours by name. The upstream fix pins it to the head (ray-project/ray#62260)."""
+    try:
+        from ray.data._internal.cluster_autoscaler import default_autoscaling_coordinator as coordinator
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:  # another Ray: nothing to pin
+        return
+    head = next((n["NodeID"] for n in ray.nodes()
+                 if n["Alive"] and coordinator.HEAD_NODE_RESOURCE_LABEL in n["Resources"]), None)
+    if head is not None:
+        ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(coordinator._AutoscalingCoordinatorActor).options(
+            name="AutoscalingCoordinator", namespace="AutoscalingCoordinator", get_if_exists=True, lifetime="detached",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()

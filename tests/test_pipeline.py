@@ -20,7 +20,7 @@ def _epoch(ds, state, epoch: int, per_batch: int) -> list[dict]:
 def test_batches_mix_anew_every_epoch_and_replay_for_the_same_seed(ray_cluster, tiny_synth, tmp_path):
     overrides = tiny_overrides(tiny_synth, tmp_path, "mix") + ["run.workers=1", "be.noise=mixup"]
     cfg = load_config(None, overrides, preset="cpu-tiny")
-    state = run_data("mix", create=True)
+    state = run_data("mix")
     try:
         ds = build_dataset(cfg, "mix", state, method_views(cfg))
         e0, e0_again, e1 = _epoch(ds, state, 0, 4), _epoch(ds, state, 0, 4), _epoch(ds, state, 1, 4)

@@ -38,7 +38,7 @@ def test_a_video_slower_than_the_limit_is_abandoned(slow_video):
 
 
 def test_the_pipeline_counts_and_names_an_abandoned_video(ray_cluster, slow_video):
-    state = run_data("hang-test", create=True)
+    state = run_data("hang-test")
     spec = ViewSpec(Views(hard_negative=True), 4, 2, 32, AugmentConfig(size=16), timeout_s=1e-4)
     records = record_table([{"path": str(slow_video), "label": 0, "video_id": "slow", "start_frame": -1,
                              "end_frame": -1}])

@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from beray.sweep.__main__ import main
+from beray.sweep.driver import max_concurrent
+from conftest import tiny_sweep
 from beray.sweep.report import aggregate, write_report
 from beray.sweep.spec import Sweep, load_sweep
 
@@ -61,6 +63,24 @@ def test_random_points_are_reproducible_and_inside_the_space():
     assert sorted({p["data.stride"] for p in points}) == [2, 4]
     assert all(0.1 <= p["be.gamma"] <= 0.4 and 1e-3 <= p["optim.lr"] <= 1e-1 for p in points)
     assert len(sweep.validate_trials(check_paths=False)) == 20  # every point with both seeds
+
+
+def test_concurrency_counts_whole_workers_per_node_and_leaves_a_decode_task_room():
+    def trials(nodes, **resources):
+        sweep = Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
+                                      "resources": resources})  # cpu-tiny: a decode task holds 0.5 CPU
+        return max_concurrent(sweep, nodes)
+
+    assert trials([{"CPU": 2}], workers=1, cpus_per_worker=0.5) == 2  # 2 x 0.51, and 0.98 left for decoding
+    # Two 2-CPU nodes: 1.5-CPU workers leave 0.49 free on each, no room for a 0.5-CPU decode task
+    # anywhere, though the cluster has 0.98 CPUs free in all; 1.25-CPU workers leave 0.74 on each.
+    assert trials([{"CPU": 2}, {"CPU": 2}], workers=1, cpus_per_worker=1.5) == 1
+    assert trials([{"CPU": 2}, {"CPU": 2}], workers=1, cpus_per_worker=1.25) == 2
+    gpu_cluster = [{"CPU": 8}, {"CPU": 48, "GPU": 4}, {"CPU": 48, "GPU": 4}]  # a CPU head, two g5.12xlarge
+    assert trials(gpu_cluster, workers=1, cpus_per_worker=8, gpus_per_worker=1) == 8
+    assert trials(gpu_cluster, workers=2, cpus_per_worker=8, gpus_per_worker=1) == 4
+    assert trials(gpu_cluster, workers=1, cpus_per_worker=8, gpus_per_worker=1, max_concurrent=3) == 3
+    assert trials([{"CPU": 8}], workers=1, cpus_per_worker=8, gpus_per_worker=1) == 1  # none fit now: one waits
 
 
 def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
@@ -117,30 +137,13 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
 
 # -- real sweeps on the session's Ray ---------------------------------------------------------------
 
-def _tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> Path:
-    """A sweep file over the tiny BackgroundBias-Synth: 16 px, 4 frames, batch 4, kNN objective."""
-    tree = {"name": name, "storage": str(tmp_path / "sweeps"),
-            "base": {"preset": "cpu-tiny", "set": {"data.root": str(synth), "data.num_frames": 4,
-                                                   "data.decode_size": 20, "augment.size": 16,
-                                                   "method.queue_size": 64, "optim.batch_size": 4,
-                                                   "optim.epochs": 1, "run.images_every": 0}},
-            "space": space, "seeds": 1, "resources": {"workers": 1, "cpus_per_worker": 0.5},
-            "eval": {"mode": "knn", "k": 3}, "objective": {"metric": "test_swapped.top1", "mode": "max"}, **extra}
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(tree))
-    return f
-
-
 def _records(results: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted((results / "trials").glob("*.json"))]
 
 
-def test_a_two_by_two_sweep_reports_four_points(ray_cluster, tiny_synth, tmp_path, capsys):
-    f = _tiny_sweep(tmp_path, tiny_synth, "grid", {"be.gamma": {"grid": [0.0, 0.3]},
-                                                   "be.noise": {"grid": ["intra_frame", "gaussian"]}})
-    assert main([str(f)]) == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    results = tmp_path / "sweeps" / "grid"
+def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
+    assert grid_sweep["code"] == 0, grid_sweep["err"][-3000:]
+    out, results = grid_sweep["out"], grid_sweep["results"]
     records = _records(results)
     assert len(records) == 4 and all(r["status"] == "finished" for r in records)
     assert all(0 <= r["objective"] <= 1 for r in records)
@@ -161,7 +164,7 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
     # One trial at a time, the sound one first: a 4096-key queue of random keys puts MoCo's loss about
     # ln(4096 / 16) = 5.5 nats above the other's from the first step, far beyond what two steps change.
     # The third (8 keys, a lower loss still) must then get the stopped trial's CPUs and finish.
-    f = _tiny_sweep(tmp_path, tiny_synth, "asha", {"method.queue_size": {"grid": [16, 4096, 8]}},
+    f = tiny_sweep(tmp_path, tiny_synth, "asha", {"method.queue_size": {"grid": [16, 4096, 8]}},
                     scheduler={"name": "asha", "metric": "loss", "mode": "min", "grace_period": 1,
                                "reduction_factor": 2},
                     resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
@@ -175,7 +178,7 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
 
 
 def test_a_killed_driver_resumes_with_only_the_trials_left(ray_cluster, tiny_synth, tmp_path):
-    f = _tiny_sweep(tmp_path, tiny_synth, "resume", {"be.gamma": {"grid": [0.0, 0.3]}},
+    f = tiny_sweep(tmp_path, tiny_synth, "resume", {"be.gamma": {"grid": [0.0, 0.3]}},
                     resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
     results = tmp_path / "sweeps" / "resume"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"], "TUNE_GLOBAL_CHECKPOINT_S": "1"}
@@ -207,7 +210,7 @@ def test_a_failing_trial_is_retried_then_reported_failed_and_the_sweep_goes_on(r
                                                                               capsys):
     # A decode timeout of a microsecond makes every video unreadable: the run has no batch and raises;
     # Tune runs it once more, then reports it failed with its error while the sound trial finishes.
-    f = _tiny_sweep(tmp_path, tiny_synth, "fail", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}}, retries=1)
+    f = tiny_sweep(tmp_path, tiny_synth, "fail", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}}, retries=1)
     tree = yaml.safe_load(f.read_text())
     tree["base"]["set"]["run.max_failures"] = 0
     f.write_text(yaml.safe_dump(tree))
@@ -223,7 +226,7 @@ def test_a_failing_trial_is_retried_then_reported_failed_and_the_sweep_goes_on(r
 def test_optuna_search_keeps_its_study_in_sqlite(ray_cluster, tiny_synth, tmp_path, capsys):
     import optuna
 
-    f = _tiny_sweep(tmp_path, tiny_synth, "tpe", {"be.gamma": {"uniform": [0.0, 0.5]}},
+    f = tiny_sweep(tmp_path, tiny_synth, "tpe", {"be.gamma": {"uniform": [0.0, 0.5]}},
                     search={"algorithm": "optuna", "samples": 2, "seed": 0})
     assert main([str(f)]) == 0, capsys.readouterr().err
     results = tmp_path / "sweeps" / "tpe"

@@ -93,7 +93,7 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
 
     cfg = load_config(None, ["run.workers=1"], preset="cpu-tiny")
     init_ray()
-    state = run_data("soak", create=True)
+    state = run_data("soak")
     rows = training_records(cfg)
     ds = build_dataset(cfg, "soak", state, method_views(cfg), rows * max(1, round(epoch_clips / len(rows))))
     driver, workers, bookkeeping, epoch_ends = [], [], [], []

@@ -23,6 +23,7 @@ Ray metric and records its path and reason; the training loop drains them every 
 from __future__ import annotations
 
 import functools
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +31,7 @@ from typing import Callable
 import numpy as np
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from beray.augment.be import distract
 from beray.augment.spatial import AugmentConfig as AugmentParams
@@ -75,16 +77,14 @@ class RunData:
         return dict(self.total)
 
 
-def run_data(run_name: str, create: bool = False):
-    """The ``RunData`` actor of ``run_name``, created by the driver, which must hold its handle
-    (Ray ends an actor when no handle is left); looked up by name, None when there is none."""
-    name = f"beray-data-{run_name}"
-    if create:
-        return RunData.options(name=name, namespace="beray", get_if_exists=True).remote()
-    try:
-        return ray.get_actor(name, namespace="beray")
-    except ValueError:
-        return None
+def run_data(run_name: str):
+    """A new ``RunData`` actor for this attempt of ``run_name``. The driver must hold its handle (Ray ends
+    an actor when no handle is left). It lives on the driver's node: a lost worker node then takes the
+    workers, not the run's state. Never reused by name: after a lost node, a retried trial would find its
+    last attempt's actor, whose owner is gone, before Ray has noticed that it is dead."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return RunData.options(name=f"beray-data-{run_name}-{uuid.uuid4().hex[:8]}", namespace="beray",
+                           scheduling_strategy=here).remote()
 
 
 def view_spec(cfg: Config, views: Views) -> ViewSpec:

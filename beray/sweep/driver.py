@@ -32,16 +32,32 @@ def trial_resources(sweep: Sweep) -> tuple[float, float, float]:
     return DRIVER_CPU + r.workers * r.cpus_per_worker, cfg.data.decode_cpus, r.workers * r.gpus_per_worker
 
 
-def max_concurrent(sweep: Sweep, cluster: dict) -> int:
-    """``resources.max_concurrent`` or, unset, as many trials as ``cluster`` holds with one decode task's
-    CPUs always left free: then every trial's data pipeline can make progress, and none starves."""
-    if sweep.resources.max_concurrent:
-        return sweep.resources.max_concurrent
-    held, decode, gpus = trial_resources(sweep)
-    n = math.floor((cluster.get("CPU", 1) - decode) / held + 1e-9)
-    if gpus:
-        n = min(n, math.floor(cluster.get("GPU", 0) / gpus + 1e-9))
-    return max(1, n)
+def max_concurrent(sweep: Sweep, nodes: list[dict]) -> int:
+    """``resources.max_concurrent`` or, unset, as many trials as the ``nodes`` (each one's resources) hold
+    now, with one decode task's CPUs left free on some node: then every trial's data pipeline can make
+    progress, and none starves. Counted per node, as Ray places each worker whole on one node: two nodes
+    with 0.49 CPUs free each cannot run a 0.5-CPU decode task."""
+    r = sweep.resources
+    if r.max_concurrent:
+        return r.max_concurrent
+    _, decode, _ = trial_resources(sweep)
+    per_worker = r.cpus_per_worker + DRIVER_CPU  # a trial's driver token may land beside any worker
+
+    def slots(node: dict, spare: float = 0.0) -> int:
+        n = math.floor((node.get("CPU", 0) - spare) / per_worker + 1e-9)
+        if r.gpus_per_worker:
+            n = min(n, math.floor(node.get("GPU", 0) / r.gpus_per_worker + 1e-9))
+        return max(n, 0)
+
+    total = sum(map(slots, nodes))
+    best = max((total - slots(n) + slots(n, decode) for n in nodes), default=0)
+    return max(1, best // r.workers)
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
 def param_space(sweep: Sweep) -> dict:
@@ -126,7 +142,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
         tuner = tune.Tuner(
             trainable, param_space=param_space(sweep),
             tune_config=tune.TuneConfig(search_alg=searcher(sweep, results), scheduler=scheduler(sweep),
-                                        num_samples=num, max_concurrent_trials=max_concurrent(sweep, ray.cluster_resources()),
+                                        num_samples=num, max_concurrent_trials=max_concurrent(sweep, alive_nodes()),
                                         reuse_actors=False),
             run_config=tune.RunConfig(name=sweep.name, storage_path=str(results.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),

@@ -64,7 +64,9 @@ def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
 
 
 def read_records(results: Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((Path(results) / "trials").glob("*.json"))]
+    """The trial records, not the ``.ID.json`` being written (pathlib's glob matches dot files)."""
+    return [json.loads(f.read_text()) for f in sorted((Path(results) / "trials").glob("*.json"))
+            if not f.name.startswith(".")]
 
 
 def _fmt(v) -> str:

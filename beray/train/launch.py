@@ -64,7 +64,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
     except (OSError, pa.ArrowException) as e:
         raise ConfigError(f"run.storage: cannot write the run's files to {directory}: {e}") from None
     init_ray()
-    state = run_data(name, create=True)  # the run's epoch and skipped videos; the handles below keep it alive
+    state = run_data(name)  # the run's epoch and skipped videos; the handles below keep it alive
     use_gpu = cfg.run.gpus_per_worker > 0
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": cfg.run.gpus_per_worker} if use_gpu else {})}
     ingest = DataConfig.default_ingest_options()  # Train replaces the dataset's own execution options
