@@ -160,6 +160,16 @@ def tiny_overrides(root, storage, name, epochs=2):
             "run.workers=2", "run.cpus_per_worker=0.5"]
 
 
+def registered_checkpoints(run_dir: Path) -> int:
+    """Checkpoints the Train controller has registered (a reported checkpoint is only restorable then)."""
+    import json
+
+    try:
+        return len(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> Path:
     """A sweep file over the tiny BackgroundBias-Synth: 16 px, 4 frames, batch 4, kNN objective."""
     tree = {"name": name, "storage": str(tmp_path / "sweeps"),

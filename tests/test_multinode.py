@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import _free_port, tiny_sweep
+from conftest import _free_port, registered_checkpoints, tiny_sweep
 
 EPOCHS = 4
 
@@ -37,13 +37,6 @@ def _train_workers() -> dict[int, tuple[int, str | None]]:
         run = next((str(Path(link).parent.parent) for link in links if "/tensorboard/events.out" in link), None)
         found[int(pid)] = (ppid, run)
     return found
-
-
-def _registered_checkpoints(run_dir: Path) -> int:
-    try:
-        return len(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(tiny_synth, tmp_path, monkeypatch):
@@ -75,7 +68,7 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(t
             workers = _train_workers()
             on_both = on_both or {head_raylet, second_raylet} <= {ppid for ppid, _ in workers.values()}
             for ppid, run in workers.values():
-                if ppid == second_raylet and run and 1 <= _registered_checkpoints(Path(run)) <= 2:
+                if ppid == second_raylet and run and 1 <= registered_checkpoints(Path(run)) <= 2:
                     victim = Path(run)  # the second node's trial, mid-run, with a checkpoint to resume from
             time.sleep(0.1)
         if victim is None:

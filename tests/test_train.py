@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from conftest import tiny_overrides
+from conftest import registered_checkpoints, tiny_overrides
 
 from beray.config import load_config
 from beray.tbevents import read_events
@@ -56,17 +55,9 @@ def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, t
     assert values and max(values) > 0
 
 
-def _registered_checkpoints(run_dir: Path) -> int:
-    """Checkpoints the Train controller has registered (a reported checkpoint is only restorable then)."""
-    try:
-        return len(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def _kill_a_worker_once_a_checkpoint_exists(run_dir: Path, killed: list) -> None:
     deadline = time.time() + 300
-    while time.time() < deadline and not _registered_checkpoints(run_dir):
+    while time.time() < deadline and not registered_checkpoints(run_dir):
         time.sleep(0.05)
     for pid in os.listdir("/proc"):
         try:
