@@ -43,6 +43,7 @@ class DataConfig(_Section):
     decode_cpus: float = Field(1.0, gt=0)  # CPUs per decode task
     decode_timeout_s: float = Field(60.0, gt=0)  # a video that takes longer is abandoned as bad
     prefetch_batches: int = Field(2, ge=0)
+    synth: dict[str, Any] = {}  # BackgroundBias-Synth generator options (SynthConfig), when root is None
 
     @field_validator("dataset")
     @classmethod
@@ -50,6 +51,14 @@ class DataConfig(_Section):
         from beray.data.datasets import DATASETS
 
         return _one_of(v.lower(), ("synth", *DATASETS), "dataset")
+
+    @field_validator("synth")
+    @classmethod
+    def _synth_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from beray.data.synth import synth_config
+
+        synth_config(v)  # raises ValueError naming the option
+        return v
 
 
 class AugmentConfig(_Section):
@@ -98,12 +107,13 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"  # paper: SGD; AdamW moves tiny CPU models in far fewer steps
     epochs: int = Field(50, ge=1)  # paper: 50
     batch_size: int = Field(64, ge=1)  # global, over all workers; paper: 64
     lr: float = Field(0.01, gt=0)  # paper: 0.01, divided by 10 every 10 epochs
     lr_step: int = Field(10, ge=1)
     lr_decay: float = Field(0.1, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)  # SGD; paper 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only; paper 0.9
     weight_decay: float = Field(5e-4, ge=0)  # paper 5e-4
     amp: bool = True  # mixed precision, on GPU workers only
 
@@ -155,6 +165,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"backbone": "r3d_18", "width": 0.125},
         "data": {"num_frames": 8, "stride": 2, "decode_size": 40, "decode_cpus": 0.5},
         "optim": {"epochs": 3, "batch_size": 8, "lr": 0.05, "lr_step": 2, "amp": False},
+        "run": {"workers": 1, "cpus_per_worker": 1.0, "log_every": 5},
+    },
+    # The evidence study on BackgroundBias-Synth (docs/results.md): a model that can learn the motion in
+    # a few hundred steps on 2 CPU cores. Measured with supervised training (clips in memory, 32 px):
+    # C3D x0.25 with AdamW fits the unbiased split's motion in about 20 epochs of 240 videos (test_swapped
+    # 1.0), where R3D-18 x0.125 needs 50 (0.87) and SGD at lr 0.05 or 0.005 moves neither in 20.
+    # MoCo's key encoder must follow within the run's ~500 steps: momentum 0.99, and a queue
+    # (128) smaller than the 240 training videos.
+    "cpu-synth": {
+        "augment": {"size": 32},
+        "method": {"queue_size": 128, "momentum": 0.99},
+        "model": {"backbone": "c3d", "width": 0.25},
+        "data": {"num_frames": 8, "stride": 2, "decode_size": 40, "decode_cpus": 0.5},
+        "optim": {"name": "adamw", "epochs": 30, "batch_size": 16, "lr": 1e-3, "lr_step": 30, "amp": False},
         "run": {"workers": 1, "cpus_per_worker": 1.0, "log_every": 5},
     },
 }

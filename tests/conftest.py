@@ -148,8 +148,8 @@ def tiny_synth(tmp_path_factory):
     """BackgroundBias-Synth at 32 px, 12 frames, 2 training videos per class (12 in all)."""
     from beray.data.synth import SynthConfig, generate
 
-    return generate(tmp_path_factory.mktemp("synth"),
-                    SynthConfig(size=32, frames=12, train_per_class=2, test_per_class=1), workers=1, progress=False)
+    config = SynthConfig(size=32, frames=12, train_per_class=2, test_per_class=1, unbiased_per_class=1)
+    return generate(tmp_path_factory.mktemp("synth"), config, workers=1, progress=False)
 
 
 def tiny_overrides(root, storage, name, epochs=2):

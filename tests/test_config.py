@@ -50,6 +50,9 @@ def test_yaml_then_set_overrides(tmp_path):
     ("run.workers=3", "optim.batch_size (64) must be divisible by run.workers (3)"),
     ("nonsense.key=1", "nonsense: unknown key; allowed: data, augment, be, method, model, optim, run"),
     ("be.gamma", "expected KEY=VALUE"),
+    ("optim.name=adam", "optim.name: Input should be 'sgd' or 'adamw'"),
+    ("data.synth.pool=4", "data.synth: unknown BackgroundBias-Synth option 'pool'; allowed: size, frames"),
+    ("data.synth.camera_jitter=30", "data.synth: camera_jitter must lie in [0, size / 8 = 8] pixels, got 30"),
 ])
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError) as e:
@@ -66,3 +69,20 @@ def test_bad_files(tmp_path):
     (tmp_path / "preset.yaml").write_text("preset: huge\n")
     with pytest.raises(ConfigError, match="preset: unknown preset 'huge'; allowed: paper, cpu-tiny"):
         load_config(tmp_path / "preset.yaml")
+
+
+def test_synth_options_and_optimiser_reach_their_builders(tmp_path, monkeypatch):
+    import torch
+
+    from beray.data.datasets import index_dataset
+    from beray.methods.build import build_method, make_optimizer
+
+    monkeypatch.setenv("BERAY_CACHE", str(tmp_path))
+    c = load_config(preset="cpu-tiny", overrides=["data.synth={size: 32, frames: 4, train_per_class: 1, test_per_class: 1, "
+                                                  "unbiased_per_class: 2, background_pool: 2}", "optim.name=adamw"])
+    index = index_dataset(c.data.dataset, c.data.root, c.data.split, c.data.synth)
+    assert [len(v) for v in index.subsets.values()] == [6, 6, 6, 12]
+    assert '"background_pool": 2' in (next(tmp_path.glob("synth-*")) / "synth.json").read_text()
+    opt = make_optimizer(build_method(c), c)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == c.optim.lr
+    assert isinstance(make_optimizer(build_method(Config()), Config()), torch.optim.SGD)  # the paper's

@@ -67,9 +67,11 @@ def test_check_defaults_to_synth_generated_once(tmp_path):
 def test_synth_cli(tmp_path):
     out = tmp_path / "s"
     res = run("synth", str(out), "--size", "32", "--frames", "8", "--train-per-class", "2",
-              "--test-per-class", "1", "--format", "mp4", "--seed", "5")
+              "--test-per-class", "1", "--unbiased-per-class", "1", "--background-pool", "2", "--format", "mp4",
+              "--seed", "5")
     assert res.returncode == 0, res.stderr
-    assert len(list(out.rglob("*.mp4"))) == 6 * 4
-    assert "train 12" in res.stdout
+    assert len(list(out.rglob("*.mp4"))) == 6 * 5
+    assert "train 12" in res.stdout and "train_unbiased 6" in res.stdout
+    assert {r.split(",")[-1] for r in (out / "train.csv").read_text().splitlines()[1:]} <= {"0", "1"}  # pooled
     bad = run("synth", str(tmp_path / "t"), "--rho", "2")
     assert bad.returncode == 2 and "rho" in bad.stderr and "Traceback" not in bad.stderr

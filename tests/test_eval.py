@@ -117,8 +117,9 @@ def test_background_reports_the_gap_and_the_static_probe(pretrained, capsys):
     for head in ("knn", "linear"):
         r = res[head]
         assert r["gap"] == pytest.approx(r["test_biased"] - r["test_swapped"])
-        assert all(0 <= r[k] <= 1 for k in ("test_biased", "test_swapped", "static_biased", "static_swapped"))
-    assert "| knn |" in out and "| linear |" in out
+        assert all(0 <= r[k] <= 1 for k in ("test_biased", "test_swapped", "static_biased", "static_swapped",
+                                             "unbiased_swapped"))
+    assert "| knn |" in out and "| linear |" in out and "unbiased_swapped" in out
 
 
 def test_cam_writes_a_strip_and_a_gif(pretrained, capsys):

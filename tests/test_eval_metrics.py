@@ -109,8 +109,15 @@ def test_background_scores_know_a_background_model_from_a_motion_model():
         w = (1.0, 0.0) if reads == "background" else (0.0, 1.0)
         tests = {"test_biased": (_features(y_test, y_test, *w), y_test),
                  "test_swapped": (_features(y_test, swapped, *w), y_test)}
-        scores = background_scores((_features(y_train, y_train, *w), y_train), tests, 3, k=5)
+        # train_unbiased: every (class, background) pair three times, so the background says nothing of the class
+        y_unb, bg_unb = torch.arange(3).repeat(9), (torch.arange(27) // 3) % 3
+        scores = background_scores((_features(y_train, y_train, *w), y_train), tests, 3, k=5,
+                                   unbiased=(_features(y_unb, bg_unb, *w), y_unb))
         for head in ("knn", "linear"):
             assert scores[head]["test_biased"] == biased, (reads, head)
             assert scores[head]["gap"] == pytest.approx(gap), (reads, head)
             assert scores[head]["test_swapped"] == pytest.approx(biased - gap)
+            if reads == "motion":  # probe (b): a motion model keeps its accuracy when the background cannot help
+                assert scores[head]["unbiased_swapped"] == 1.0, head
+            else:  # a background model learns nothing from the unbiased split
+                assert scores[head]["unbiased_swapped"] <= 0.5, head

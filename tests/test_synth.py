@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from beray.data.datasets import index_dataset
-from beray.data.synth import CLASSES, FAMILIES, SynthConfig, assign_families, ensure_synth, foreground_masks, generate
+from beray.data.synth import (CLASSES, FAMILIES, SynthConfig, assign_families, ensure_synth, foreground_masks, generate,
+                              plan, render, synth_config)
 from beray.data.video import read_clip
 
-SMALL = SynthConfig(size=32, frames=16, train_per_class=4, test_per_class=2, seed=3)
+SMALL = SynthConfig(size=32, frames=16, train_per_class=4, test_per_class=2, unbiased_per_class=3, seed=3)
 
 
 def _digest(root):
@@ -23,7 +24,7 @@ def _digest(root):
 def test_same_seed_same_bytes_any_workers(tmp_path):
     a = _digest(generate(tmp_path / "a", SMALL, workers=1, progress=False))
     b = _digest(generate(tmp_path / "b", SMALL, workers=2, progress=False))
-    assert a == b and len(a) == 6 * (4 + 2 + 2) + 6  # videos, 3 manifests, classes, json, preview
+    assert a == b and len(a) == 6 * (4 + 2 + 2 + 3) + 7  # videos, 4 manifests, classes, json, preview
     c = _digest(generate(tmp_path / "c", SynthConfig(**{**SMALL.__dict__, "seed": 4}), workers=2, progress=False))
     assert c["train.csv"] != a["train.csv"] or any(c[k] != a[k] for k in a if k.endswith(".avi"))
 
@@ -31,9 +32,9 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
 def test_manifests_index_and_videos_read(tmp_path):
     root = generate(tmp_path / "s", SMALL, workers=2, progress=False)
     idx = index_dataset("synth", root)
-    assert list(idx.subsets) == ["train", "test_biased", "test_swapped"]
+    assert list(idx.subsets) == ["train", "test_biased", "test_swapped", "train_unbiased"]
     assert idx.classes == list(CLASSES)
-    assert [len(v) for v in idx.subsets.values()] == [24, 12, 12]
+    assert [len(v) for v in idx.subsets.values()] == [24, 12, 12, 18]
     clip = read_clip(idx.subsets["train"][0].path, 8, 2)
     assert clip.shape == (8, 32, 32, 3)
 
@@ -53,7 +54,7 @@ def test_assigned_bias_is_rho(rho):
 
 
 def test_generated_train_split_holds_the_bias(tmp_path):
-    config = SynthConfig(size=32, frames=2, train_per_class=60, test_per_class=60, rho=0.9)
+    config = SynthConfig(size=32, frames=2, train_per_class=60, test_per_class=60, unbiased_per_class=60, rho=0.9)
     root = generate(tmp_path / "b", config, workers=2, progress=False)
 
     def own_fraction(split):
@@ -64,6 +65,7 @@ def test_generated_train_split_holds_the_bias(tmp_path):
     assert abs(own_fraction("train") - 0.9) < 3 * math.sqrt(0.09 / n)
     assert abs(own_fraction("test_biased") - 0.9) < 3 * math.sqrt(0.09 / n)
     assert abs(own_fraction("test_swapped") - 1 / 6) < 3 * math.sqrt((1 / 6) * (5 / 6) / n)
+    assert abs(own_fraction("train_unbiased") - 1 / 6) < 3 * math.sqrt((1 / 6) * (5 / 6) / n)
 
 
 @pytest.mark.parametrize("label", range(6))
@@ -103,3 +105,64 @@ def test_ensure_synth_generates_once(tmp_path, monkeypatch):
     assert ensure_synth(SMALL, progress=False) == root
     assert (root / "synth.json").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def _background_pixels(spec, config):
+    """The video of ``spec`` and a mask of the pixels no frame's T covers."""
+    video = render(spec, config)
+    return video, video.std(0).max(-1) == 0
+
+
+def test_background_pool_shares_textures_across_videos_and_splits():
+    pooled = SynthConfig(size=32, frames=4, train_per_class=8, test_per_class=4, background_pool=2, seed=1)
+    specs = plan(pooled)
+    assert {s.background_id for s in specs} == {0, 1}
+    by_texture = {}
+    for s in specs:
+        by_texture.setdefault((s.family, s.background_id), []).append(s)
+    shared = next(v for v in by_texture.values() if len({x.split for x in v}) > 1)  # a texture in two splits
+    (va, sa), (vb, sb) = (_background_pixels(x, pooled) for x in shared[:2])
+    both = sa & sb  # pixels that are background in both videos
+    assert both.mean() > 0.5 and np.array_equal(va[0][both], vb[0][both])
+    own = SynthConfig(size=32, frames=4, train_per_class=8, test_per_class=4, seed=1)
+    same_family = [s for s in plan(own) if s.family == shared[0].family][:2]
+    (va, sa), (vb, sb) = (_background_pixels(x, own) for x in same_family)
+    assert not np.array_equal(va[0][sa & sb], vb[0][sa & sb])  # pool 0: a texture of its own per video
+
+
+def test_object_pool_shares_the_t_s_colour():
+    config = SynthConfig(size=32, frames=4, train_per_class=6, object_pool=1, seed=2)
+    colours = set()
+    for s in plan(config)[:12:5]:
+        video = render(s, config)
+        changed = video[0][video.std(0).max(-1) > 0].reshape(-1, 3)  # the T, and where it passes
+        values, counts = np.unique(changed, axis=0, return_counts=True)
+        colours.add(tuple(values[counts.argmax()]))  # one flat colour outnumbers any texture value
+    assert all(s.object_id == 0 for s in plan(config))
+    assert len(colours) <= 2  # one appearance; its contrast flips only with a light or dark background
+
+
+@pytest.mark.parametrize("jitter", [0, 3])
+def test_camera_jitter_moves_the_background_by_at_most_jitter(jitter):
+    config = SynthConfig(size=48, frames=16, train_per_class=1, camera_jitter=jitter, seed=5)
+    spec = next(s for s in plan(config) if FAMILIES[s.family] == "stripes")
+    video = render(spec, config).astype(np.int16)
+
+    def misfit(t, dy, dx):  # median over the centre, so the T's few pixels do not count
+        return np.median(np.abs(np.roll(video[t], (dy, dx), (0, 1)) - video[0])[8:-8, 8:-8])
+
+    shifts = range(-2 * jitter, 2 * jitter + 1)
+    for t in range(1, 16):  # some shift within 2 * jitter (two offsets in [0, 2 * jitter]) maps frame t onto frame 0
+        assert min(misfit(t, dy, dx) for dy in shifts for dx in shifts) == 0, t
+    moved = sum(misfit(t, 0, 0) > 0 for t in range(1, 16))
+    assert moved == 0 if jitter == 0 else moved >= 10  # a static camera, or a background that moves
+
+
+def test_synth_options_are_checked_by_name():
+    assert synth_config({"background_pool": 8, "rho": 1}) == SynthConfig(background_pool=8, rho=1.0)
+    with pytest.raises(ValueError, match="unknown BackgroundBias-Synth option 'pool'"):
+        synth_config({"pool": 8})
+    with pytest.raises(ValueError, match="camera_jitter must lie in"):
+        synth_config({"camera_jitter": 9})
+    with pytest.raises(ValueError, match="object_pool must be int"):
+        synth_config({"object_pool": "many"})

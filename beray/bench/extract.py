@@ -51,7 +51,7 @@ def run(preset: str = "cpu-tiny", overrides: list[str] | None = None, batch_size
 
     overrides = list(DEFAULT_OVERRIDES if overrides is None else overrides)
     cfg = load_config(None, overrides, preset=preset)
-    index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
+    index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, cfg.data.synth)
     records = [record_row(r) for s in ("train", "test_biased", "test_swapped") if s in index.subsets
                for r in index.subsets[s]] or [record_row(r) for r in next(iter(index.subsets.values()))]
     torch.manual_seed(0)

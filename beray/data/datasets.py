@@ -293,17 +293,19 @@ DATASETS: dict[str, Callable[[str | Path, int], DatasetIndex]] = {
 }
 
 
-def index_dataset(name: str = "synth", root: str | Path | None = None, split: int = 1) -> DatasetIndex:
+def index_dataset(name: str = "synth", root: str | Path | None = None, split: int = 1,
+                  synth: dict | None = None) -> DatasetIndex:
     """Index dataset ``name`` at ``root`` (raises DatasetError saying what is wrong).
 
-    ``synth`` with no root is BackgroundBias-Synth, generated once into the cache.
+    ``synth`` with no root is BackgroundBias-Synth with the generator options ``synth`` (a
+    SynthConfig's fields), generated once into the cache.
     """
     name = name.lower()
     if name == "synth":
         if root is None:
-            from beray.data.synth import ensure_synth
+            from beray.data.synth import ensure_synth, synth_config
 
-            root = ensure_synth()
+            root = ensure_synth(synth_config(synth))
         fn = index_manifest
     elif name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: synth, {', '.join(DATASETS)}")

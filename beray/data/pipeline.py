@@ -175,7 +175,7 @@ def _skip(run_name: str, state, path: str, reason: str) -> None:
 
 def training_records(cfg: Config) -> list[dict]:
     """The records of ``cfg.data``'s subset as rows; raises DatasetError naming what is wrong."""
-    index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
+    index = index_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split, cfg.data.synth)
     if cfg.data.subset not in index.subsets:
         raise DatasetError(f"data.subset {cfg.data.subset!r} is not in {index.name}; "
                            f"allowed: {', '.join(index.subsets)}")

@@ -5,10 +5,19 @@ moving left, right, up, down, rotating clockwise or counter-clockwise. Each
 class has its own background family (stripes, checks, rings, dots, waves,
 blobs). In ``train`` and ``test_biased`` a video's background comes from its
 class's own family with probability ``rho`` and from another family otherwise;
-in ``test_swapped`` the family is drawn independently of the class. A model that
-learned motion scores the same on both test splits; one that learned the
-background drops towards chance on ``test_swapped``. That gap is what Background
-Erasing is meant to close, measurable in minutes on a CPU.
+in ``test_swapped`` the family is drawn independently of the class, and so it is in ``train_unbiased``, a labelled training split for
+probes that must not profit from the background. A model that learned motion
+scores the same on both test splits; one that learned the background drops
+towards chance on ``test_swapped``. That gap is what Background Erasing is meant
+to close, measurable in minutes on a CPU.
+
+Knobs for the *instance* shortcut (a self-supervised model tells videos apart by
+whatever identifies one; with a background of its own per video, that is the
+background): ``background_pool`` draws each video's background from N textures
+per family shared by every video and split, ``object_pool`` draws the T's size
+and colour from N appearances, and ``camera_jitter`` shifts the background by up
+to that many pixels per frame (a hand-held camera), so that no frame of a video
+is its exact background. 0 turns each off (the first version's rendering).
 
 The same config and seed give the same bytes, whatever the number of workers.
 """
@@ -22,7 +31,7 @@ import os
 import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +40,9 @@ from beray.data.encode import write_video
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise")
 FAMILIES = ("stripes", "checks", "rings", "dots", "waves", "blobs")  # family i is class i's own
-SPLITS = ("train", "test_biased", "test_swapped")
-VERSION = 1  # bump when the rendering changes, so cached copies are regenerated
+SPLITS = ("train", "test_biased", "test_swapped", "train_unbiased")  # appended: earlier splits keep their seeds
+UNBIASED = ("test_swapped", "train_unbiased")  # background family independent of the class
+VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 
 
 @dataclass(frozen=True)
@@ -42,22 +52,31 @@ class SynthConfig:
     fps: int = 25
     train_per_class: int = 40
     test_per_class: int = 10  # per class, in each of test_biased and test_swapped
+    unbiased_per_class: int = 40  # per class in train_unbiased
     rho: float = 0.9  # P(background from the class's own family) in train and test_biased
     seed: int = 0
     format: str = "avi"  # avi (MPEG-4 part 2) or mp4 (H.264)
+    background_pool: int = 0  # textures per family shared by all videos (0: one of its own per video)
+    object_pool: int = 0  # T appearances (size, colour) shared by all videos (0: one of its own per video)
+    camera_jitter: int = 0  # max background shift per frame, in pixels (0: a static camera)
 
     def __post_init__(self):
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"rho must lie in [0, 1], got {self.rho}")
         if self.size < 32 or self.size % 2:
             raise ValueError(f"size must be an even number >= 32, got {self.size}")
-        if self.frames < 2 or self.fps < 1 or self.train_per_class < 1 or self.test_per_class < 1:
+        if self.frames < 2 or self.fps < 1 or min(self.train_per_class, self.test_per_class,
+                                                   self.unbiased_per_class) < 1:
             raise ValueError("frames must be >= 2; fps and the videos per class >= 1")
+        if min(self.background_pool, self.object_pool) < 0:
+            raise ValueError("background_pool and object_pool must be >= 0 (0: one per video)")
+        if not 0 <= self.camera_jitter <= self.size // 8:
+            raise ValueError(f"camera_jitter must lie in [0, size / 8 = {self.size // 8}] pixels, got {self.camera_jitter}")
         if self.format not in ("avi", "mp4"):
             raise ValueError(f"format must be avi or mp4, got {self.format!r}")
 
     def per_class(self, split: str) -> int:
-        return self.train_per_class if split == "train" else self.test_per_class
+        return {"train": self.train_per_class, "train_unbiased": self.unbiased_per_class}.get(split, self.test_per_class)
 
     def digest(self) -> str:
         blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
@@ -70,6 +89,8 @@ class VideoSpec:
     index: int
     label: int
     family: int
+    background_id: int = -1  # index in the family's pool; -1: a texture of its own
+    object_id: int = -1  # index in the appearance pool; -1: an appearance of its own
 
     @property
     def name(self) -> str:
@@ -93,8 +114,12 @@ def plan(config: SynthConfig) -> list[VideoSpec]:
     for s, split in enumerate(SPLITS):
         labels = np.repeat(np.arange(len(CLASSES)), config.per_class(split))
         rng = np.random.default_rng([config.seed, s])
-        families = assign_families(labels, config.rho, rng, biased=split != "test_swapped")
-        specs += [VideoSpec(split, i, int(lab), int(f)) for i, (lab, f) in enumerate(zip(labels, families))]
+        families = assign_families(labels, config.rho, rng, biased=split not in UNBIASED)
+        pools = np.random.default_rng([config.seed, s, 1])  # its own stream: pool 0 renders as version 1 did
+        bg_ids = pools.integers(0, config.background_pool, len(labels)) if config.background_pool else -np.ones_like(labels)
+        obj_ids = pools.integers(0, config.object_pool, len(labels)) if config.object_pool else -np.ones_like(labels)
+        specs += [VideoSpec(split, i, int(lab), int(f), int(b), int(o))
+                  for i, (lab, f, b, o) in enumerate(zip(labels, families, bg_ids, obj_ids))]
     return specs
 
 
@@ -130,9 +155,11 @@ def background(family: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return (c1 + t[..., None] * (c2 - c1)).astype(np.uint8)
 
 
-def foreground_masks(label: int, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """(frames, size, size) bool masks of a "T" moving as class ``label`` says."""
-    arm = size * rng.uniform(0.12, 0.18)  # half-length of the T's bar and stem
+def foreground_masks(label: int, size: int, frames: int, rng: np.random.Generator,
+                     arm_frac: float | None = None) -> np.ndarray:
+    """(frames, size, size) bool masks of a "T" moving as class ``label`` says; ``arm_frac`` (the T's
+    half-length over ``size``) is drawn from ``rng`` unless given."""
+    arm = size * (rng.uniform(0.12, 0.18) if arm_frac is None else arm_frac)  # half-length of the T's bar and stem
     width = arm * 0.35
     t = np.arange(frames, dtype=np.float32)[:, None, None]
     name = CLASSES[label]
@@ -157,14 +184,33 @@ def foreground_masks(label: int, size: int, frames: int, rng: np.random.Generato
     return bar | stem
 
 
+def camera_path(frames: int, jitter: int, rng: np.random.Generator) -> np.ndarray:
+    """(frames, 2) integer (dy, dx) background offsets in [0, 2 * jitter]: a random walk of unit steps
+    around the centre, reflected at the edges, so the camera drifts and shakes but never jumps."""
+    pos, out = np.array([jitter, jitter]), np.empty((frames, 2), np.int64)
+    for t in range(frames):
+        out[t] = pos
+        pos = pos + rng.integers(-1, 2, 2)
+        pos = np.where(pos < 0, -pos, np.where(pos > 2 * jitter, 4 * jitter - pos, pos))
+    return out
+
+
 def render(spec: VideoSpec, config: SynthConfig) -> np.ndarray:
     """The (frames, size, size, 3) uint8 video of ``spec``."""
     rng = np.random.default_rng([config.seed, SPLITS.index(spec.split), spec.index, 7])
-    bg = background(spec.family, config.size, rng)
-    masks = foreground_masks(spec.label, config.size, config.frames, rng)
-    colour = rng.uniform(0, 255, 3)
+    size, j = config.size, config.camera_jitter
+    # A pooled texture is drawn from (seed, family, id) alone: every video with that id shares it, in every split.
+    bg_rng = rng if spec.background_id < 0 else np.random.default_rng([config.seed, 101, spec.family, spec.background_id])
+    bg = background(spec.family, size + 2 * j, bg_rng)
+    obj_rng = None if spec.object_id < 0 else np.random.default_rng([config.seed, 202, spec.object_id])
+    masks = foreground_masks(spec.label, size, config.frames, rng, None if obj_rng is None else obj_rng.uniform(0.12, 0.18))
+    colour = (rng if obj_rng is None else obj_rng).uniform(0, 255, 3)
     colour = np.where(bg.mean((0, 1)) > 127, colour * 0.3, 255 - (255 - colour) * 0.3).astype(np.uint8)  # contrast
-    video = np.repeat(bg[None], config.frames, axis=0)
+    if j:
+        offsets = camera_path(config.frames, j, np.random.default_rng([config.seed, SPLITS.index(spec.split), spec.index, 303]))
+        video = np.stack([bg[dy:dy + size, dx:dx + size] for dy, dx in offsets])
+    else:
+        video = np.repeat(bg[None], config.frames, axis=0)
     video[masks] = colour
     return video
 
@@ -206,10 +252,11 @@ def generate(out_dir: str | Path, config: SynthConfig = SynthConfig(), workers: 
     for split in SPLITS:
         with open(out / f"{split}.csv", "w", newline="") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["path", "label", "class_name", "background"])
+            w.writerow(["path", "label", "class_name", "background", "background_id"])
             for spec, _, path in jobs:
                 if spec.split == split:
-                    w.writerow([os.path.relpath(path, out), spec.label, CLASSES[spec.label], FAMILIES[spec.family]])
+                    w.writerow([os.path.relpath(path, out), spec.label, CLASSES[spec.label], FAMILIES[spec.family],
+                                spec.background_id])
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (out / "synth.json").write_text(json.dumps({"version": VERSION, **asdict(config)}, indent=2) + "\n")
     write_preview(out, config)
@@ -233,6 +280,24 @@ def write_preview(root: str | Path, config: SynthConfig) -> Path:
     specs = [next(s for s in plan(config) if s.split == "train" and s.label == c) for c in range(len(CLASSES))]
     titles = [f"{CLASSES[s.label]}\n({FAMILIES[s.family]})" for s in specs]
     return contact_sheet([render(s, config) for s in specs], titles, Path(root) / "preview.png")
+
+
+def synth_config(options: dict | None = None) -> SynthConfig:
+    """A SynthConfig from a mapping of its fields (a run config's ``data.synth``); ValueError naming
+    an unknown option or a bad value."""
+    options = dict(options or {})
+    known = [f.name for f in fields(SynthConfig)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown BackgroundBias-Synth option {unknown[0]!r}; allowed: {', '.join(known)}")
+    defaults = SynthConfig()
+    for k, v in options.items():  # YAML and --set give ints for floats and the like; nothing else converts
+        want = type(getattr(defaults, k))
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            options[k] = float(v)
+        elif not isinstance(v, want) or isinstance(v, bool):
+            raise ValueError(f"BackgroundBias-Synth option {k} must be {want.__name__}, got {v!r}")
+    return SynthConfig(**options)
 
 
 def cache_dir() -> Path:

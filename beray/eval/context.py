@@ -27,7 +27,7 @@ class EvalContext:
 
     def __post_init__(self):
         d = self.cfg.data
-        self.index = index_dataset(d.dataset, d.root, d.split)
+        self.index = index_dataset(d.dataset, d.root, d.split, d.synth)
         self._weights: dict[str, dict] = {}
 
     @property

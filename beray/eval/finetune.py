@@ -26,7 +26,7 @@ def finetune_config(source: Source, dataset: str | None, root: str | None, split
     """The fine-tuning run's config: the pretraining run's data, augmentation and resources, the paper's
     fine-tuning schedule, the classes of the dataset; ``overrides`` last (they reach every setting)."""
     data = eval_config(source, dataset, root, split).data  # the dataset, validated
-    index = index_dataset(data.dataset, data.root, data.split)
+    index = index_dataset(data.dataset, data.root, data.split, data.synth)
     base = source.config.model_dump(mode="json")
     base["data"].update(dataset=data.dataset, root=data.root, split=split, subset="train")
     base["method"].update(name="finetune", num_classes=max(index.num_classes, 2))

@@ -47,11 +47,14 @@ def method_views(cfg: Config) -> Views:
     return cls.views_for(**kwargs)
 
 
-def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD over the trainable parameters (MoCo's key encoder is not), Sec. 4.1 settings."""
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters (MoCo's key encoder is not): SGD with the Sec. 4.1
+    settings, or AdamW (decoupled weight decay) for the small synthetic presets."""
     o = cfg.optim
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def prepare_clips(x: Tensor, device: torch.device) -> Tensor:
