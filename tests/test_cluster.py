@@ -70,7 +70,10 @@ def test_every_node_runs_beray_s_ray_with_its_settings():
     assert "security_group" not in CLUSTER["provider"]  # Ray's own: SSH and the nodes' own traffic only
     assert CLUSTER["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the user's token, not a file here
     copied = next(c for c in CLUSTER["head_start_ray_commands"] if "grafana/dashboards" in c)
-    assert sorted(ROOT.glob(copied.split()[1].replace("~/beray/", "")))  # the dashboards it copies exist
+    words = copied.split()
+    source = words[words.index("cp") + 1]
+    assert sorted(ROOT.glob(source.replace("~/beray/", "")))  # the dashboards it copies exist
+    assert "mkdir -p" in copied  # into a folder made first: Ray's dashboard may not have made it yet
 
 
 def _cluster_section_commands() -> list[str]:

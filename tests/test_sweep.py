@@ -110,9 +110,9 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
 
 def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
     sweep = Sweep.model_validate({"name": "h", "space": {"be.gamma": {"grid": [0.0, 0.3, 0.5]}}, "seeds": 3,
-                                  "objective": {"metric": "test.top1", "mode": "max"}})
-    records = [{"point": {"be.gamma": 0.3}, "seed": s, "status": "finished", "objective": v}
-               for s, v in enumerate([0.5, 0.7, 0.6])]
+                                  "objective": {"metric": "test.top1", "mode": "max", "also": ["test.top5"]}})
+    records = [{"point": {"be.gamma": 0.3}, "seed": s, "status": "finished", "objective": v,
+                "results": {"test/top5": v + 0.2}} for s, v in enumerate([0.5, 0.7, 0.6])]
     records += [{"point": {"be.gamma": 0.0}, "seed": 0, "status": "finished", "objective": 0.4},
                 {"point": {"be.gamma": 0.0}, "seed": 1, "status": "stopped"},
                 {"point": {"be.gamma": 0.5}, "seed": 0, "status": "failed", "error": "Traceback\nValueError: boom"}]
@@ -131,6 +131,8 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
         table = list(csv.reader(fh))
     assert table[1][:4] == ["0.3", "0.6", "0.1", "3"] or [table[1][0], *map(float, table[1][1:3]), table[1][3]] == \
         ["0.3", pytest.approx(0.6), pytest.approx(0.1), "3"]
+    assert table[0][4:6] == ["test.top5 (mean)", "test.top5 std"]  # every metric with its spread over seeds
+    assert [float(x) for x in table[1][4:6]] == [pytest.approx(0.8), pytest.approx(0.1)]
     assert "1 stopped early" in table[2][-1] and "1 failed: ValueError: boom" in table[3][-1]
     assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "results.md").is_file()
 

@@ -41,6 +41,10 @@ class PointResult:
         m = self.mean
         return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
 
+    def of(self, metric: str | None = None) -> "PointResult":
+        """The same point with ``metric`` (an ``also:`` metric; None: the objective) as its values."""
+        return self if metric is None else PointResult(self.point, self.also.get(metric, []))
+
 
 def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
     """Trial records -> one PointResult per point, best first (by mean objective; no result last)."""
@@ -77,7 +81,7 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
     keys = list(sweep.space)
     ref = sweep.reference
     headers = [*keys, f"{sweep.objective.metric} (mean)", "std", "n",
-               *(f"{a} (mean)" for a in sweep.objective.also), "notes"]
+               *(h for a in sweep.objective.also for h in (f"{a} (mean)", f"{a} std")), "notes"]
     if ref is not None:
         headers.insert(len(keys) + 3, f"reference: {ref.title}")
     out = []
@@ -87,7 +91,7 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
         row = [_fmt(p.point.get(k)) for k in keys] + [p.mean, p.std, p.n]
         if ref is not None:
             row.append(ref.values.get(str(p.point.get(ref.param)), "-"))
-        row += [sum(v) / len(v) if v else math.nan for v in (p.also.get(a, []) for a in sweep.objective.also)]
+        row += [x for a in sweep.objective.also for x in (p.of(a).mean, p.of(a).std)]
         out.append(row + [notes or "-"])
     return headers, out
 
@@ -124,34 +128,41 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
 
 
 def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
-    """One panel per swept field: the objective's mean over every finished trial at each value, with
-    the spread over seeds (and the other fields) as error bars."""
+    """One panel per swept field: the objective's mean over every finished trial at each value, and
+    beside it each ``also:`` metric, with the spread over seeds (and the other fields) as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(sweep.space)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    keys, metrics = list(sweep.space), [None, *sweep.objective.also]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 + 1.5 * len(metrics), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        by_value: dict = {}
-        for p in rows:
-            by_value.setdefault(p.point.get(key), []).extend(p.values)
-        by_value = {v: vals for v, vals in by_value.items() if vals}
-        xs = sorted(by_value, key=lambda v: (isinstance(v, str), v))
-        means = [sum(by_value[x]) / len(by_value[x]) for x in xs]
-        stds = [PointResult({}, by_value[x]).std for x in xs]
-        numeric = all(isinstance(x, (int, float)) for x in xs)
-        pos = xs if numeric else list(range(len(xs)))
-        joined = numeric and sweep.space[key].kind != "uniform" and sweep.space[key].kind != "loguniform"
-        ax.errorbar(pos, means, yerr=stds, fmt="o-" if joined else "o", capsize=4)
+        numeric = all(isinstance(p.point.get(key), (int, float)) for p in rows)
+        joined = numeric and sweep.space[key].kind not in ("uniform", "loguniform")
+        for i, metric in enumerate(metrics):
+            by_value: dict = {}
+            for p in rows:
+                by_value.setdefault(p.point.get(key), []).extend(p.of(metric).values)
+            by_value = {v: vals for v, vals in by_value.items() if vals}
+            xs = sorted(by_value, key=lambda v: (isinstance(v, str), v))
+            means = [sum(by_value[x]) / len(by_value[x]) for x in xs]
+            stds = [PointResult({}, by_value[x]).std for x in xs]
+            shift = 0.0 if numeric else 0.8 * (i - (len(metrics) - 1) / 2) / len(metrics)  # side by side
+            pos = [x + shift for x in xs] if numeric else [j + shift for j in range(len(xs))]
+            ax.errorbar(pos, means, yerr=stds, fmt="o-" if joined else "o", capsize=3,
+                        label=metric or sweep.objective.metric, zorder=3 if metric is None else 2)
+            if not numeric and metric is None:
+                ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, ha="right", fontsize=7)
         if sweep.space[key].kind == "loguniform":
             ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(pos, [str(x) for x in xs], rotation=30, ha="right", fontsize=7)
         ax.set_xlabel(key)
-        ax.set_ylabel(sweep.objective.metric)
-    fig.suptitle(f"sweep {sweep.name}: {sweep.eval.mode} {sweep.objective.metric} (mean +- std)", fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(metrics) > 1:
+            ax.legend(fontsize=6)
+        else:
+            ax.set_ylabel(sweep.objective.metric)
+    fig.suptitle(f"sweep {sweep.name}: {sweep.eval.mode}, mean +- std over seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
