@@ -51,6 +51,7 @@ def test_yaml_then_set_overrides(tmp_path):
     ("nonsense.key=1", "nonsense: unknown key; allowed: data, augment, be, method, model, optim, run"),
     ("be.gamma", "expected KEY=VALUE"),
     ("optim.name=adam", "optim.name: Input should be 'sgd' or 'adamw'"),
+    ("method.dropout=1", "method.dropout: Input should be less than 1"),
     ("data.synth.pool=4", "data.synth: unknown BackgroundBias-Synth option 'pool'; allowed: size, frames"),
     ("data.synth.camera_jitter=30", "data.synth: camera_jitter must lie in [0, size / 8 = 8] pixels, got 30"),
 ])
@@ -86,3 +87,6 @@ def test_synth_options_and_optimiser_reach_their_builders(tmp_path, monkeypatch)
     opt = make_optimizer(build_method(c), c)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == c.optim.lr
     assert isinstance(make_optimizer(build_method(Config()), Config()), torch.optim.SGD)  # the paper's
+    tuned = load_config(preset="cpu-synth", overrides=["method.name=finetune", "method.num_classes=6"])
+    assert build_method(tuned).dropout.p == 0.0  # the preset's: dropout 0.5 keeps C3D x0.25 at chance
+    assert build_method(load_config(overrides=["method.name=finetune", "method.num_classes=6"])).dropout.p == 0.5

@@ -36,6 +36,27 @@ def test_every_sweep_file_passes_its_dry_run(path, capsys):
     assert "on synth (generated), r3d_18 x0.125" in capsys.readouterr().out
 
 
+def test_synthetic_study_sweeps_cover_table_4_with_seeds_and_score_both_probes():
+    import torch
+
+    from beray.augment.be import NOISES
+    from beray.eval.frozen import background_scores
+    from beray.sweep.trial import flatten
+
+    noise, gamma = load_sweep("sweeps/synthetic_noise.yaml"), load_sweep("sweeps/synthetic_gamma.yaml")
+    assert sorted(p["be.noise"] for p in noise.points()) == sorted(NOISES)  # Table 4's six and FAME
+    assert [p["be.gamma"] for p in gamma.points()] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    x, y = torch.randn(12, 4), torch.arange(6).repeat(2)
+    tests = {name: (x, y) for name in ("test_biased", "test_swapped", "static_biased", "static_swapped")}
+    names = flatten(background_scores((x, y), tests, 6, 3, (x, y)))
+    for sweep in (noise, gamma):
+        assert len(sweep.seed_list) >= 3 and sweep.eval.mode == "background"
+        metrics = [sweep.objective.metric, *sweep.objective.also]
+        assert "linear.unbiased_swapped" in metrics and "linear.test_swapped" in metrics  # probes (b) and (a)
+        assert all(m.replace(".", "/") in names for m in metrics), metrics  # each is a field of the results
+        assert sweep.run_config(sweep.points()[0], 0).data.synth["background_pool"] > 0
+
+
 def test_paper_sweeps_are_the_ablations_they_name():
     gamma = load_sweep("sweeps/gamma.yaml")
     assert [p["be.gamma"] for p in gamma.points()] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]

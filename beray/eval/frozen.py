@@ -97,14 +97,17 @@ def background(ctx: EvalContext, k: int = 20) -> Report:
     has_unbiased = "train_unbiased" in ctx.index.subsets  # a copy made before version 2 lacks it
     wanted = [("train", "centre", 1), ("test_biased", "centre", 1), ("test_swapped", "centre", 1),
               ("test_biased", "static", 1), ("test_swapped", "static", 1)]
-    train, *tests = ctx.features_of(wanted + [("train_unbiased", "centre", 1)] * has_unbiased)
+    if has_unbiased:
+        wanted.append(("train_unbiased", "centre", 1))
+    train, *tests = ctx.features_of(wanted)
     unbiased = tests.pop() if has_unbiased else None
     feats = dict(zip(["test_biased", "test_swapped", "static_biased", "static_swapped"], tests))
     scores = background_scores((train.x, train.labels), {n: (f.x, f.labels) for n, f in feats.items()},
                                ctx.num_classes, k, None if unbiased is None else (unbiased.x, unbiased.labels))
-    cols = ["test_biased", "test_swapped", "gap", "static_biased", "static_swapped"] + ["unbiased_swapped"] * has_unbiased
+    cols = ["test_biased", "test_swapped", "gap", "static_biased", "static_swapped"]
+    cols += ["unbiased_swapped"] if has_unbiased else []
     rows = [[head, *(s[c] for c in cols)] for head, s in scores.items()]
-    data = {**_common(ctx, t0, train, *feats.values(), *[unbiased] * has_unbiased), "k": k,
+    data = {**_common(ctx, t0, train, *tests, *([unbiased] if has_unbiased else [])), "k": k,
             "chance": 1 / ctx.num_classes, "results": scores}
     notes = ["(a) heads fitted on the biased train split; gap = test_biased - test_swapped top-1: what the model "
              "owes to the background (0 for a model that reads motion only)",

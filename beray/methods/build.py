@@ -25,7 +25,7 @@ def _method(cfg: Config) -> tuple[type[nn.Module], dict]:
         return MoCoBE, {"dim": m.dim, "queue_size": m.queue_size, "momentum": m.momentum, "tau": m.tau,
                         "hard_negative": m.hard_negative}
     if m.name == "finetune":
-        return Classifier, {"num_classes": m.num_classes}
+        return Classifier, {"num_classes": m.num_classes, "dropout": m.dropout}
     return PRETEXTS[m.name], {"beta": m.beta}
 
 
