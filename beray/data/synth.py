@@ -5,8 +5,9 @@ moving left, right, up, down, rotating clockwise or counter-clockwise. Each
 class has its own background family (stripes, checks, rings, dots, waves,
 blobs). In ``train`` and ``test_biased`` a video's background comes from its
 class's own family with probability ``rho`` and from another family otherwise;
-in ``test_swapped`` the family is drawn independently of the class, and so it is in ``train_unbiased``, a labelled training split for
-probes that must not profit from the background. A model that learned motion
+in ``test_swapped`` the family is drawn independently of the class, and so it is
+in ``train_unbiased``, a labelled training split for probes that must not profit
+from the background. A model that learned motion
 scores the same on both test splits; one that learned the background drops
 towards chance on ``test_swapped``. That gap is what Background Erasing is meant
 to close, measurable in minutes on a CPU.
@@ -15,9 +16,9 @@ Knobs for the *instance* shortcut (a self-supervised model tells videos apart by
 whatever identifies one; with a background of its own per video, that is the
 background): ``background_pool`` draws each video's background from N textures
 per family shared by every video and split, ``object_pool`` draws the T's size
-and colour from N appearances, and ``camera_jitter`` shifts the background by up
-to that many pixels per frame (a hand-held camera), so that no frame of a video
-is its exact background. 0 turns each off (the first version's rendering).
+and colour from N appearances, and ``camera_jitter`` lets the background drift up
+to that many pixels from its place, one pixel a frame at most (a hand-held
+camera), so that no frame of a video is its exact background. 0 turns each off (the first version's rendering).
 
 The same config and seed give the same bytes, whatever the number of workers.
 """
@@ -58,7 +59,7 @@ class SynthConfig:
     format: str = "avi"  # avi (MPEG-4 part 2) or mp4 (H.264)
     background_pool: int = 0  # textures per family shared by all videos (0: one of its own per video)
     object_pool: int = 0  # T appearances (size, colour) shared by all videos (0: one of its own per video)
-    camera_jitter: int = 0  # max background shift per frame, in pixels (0: a static camera)
+    camera_jitter: int = 0  # the background drifts up to this many pixels, 1 a frame (0: a static camera)
 
     def __post_init__(self):
         if not 0.0 <= self.rho <= 1.0:
