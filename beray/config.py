@@ -170,8 +170,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The evidence study on BackgroundBias-Synth (docs/results.md): a model that can learn the motion in
     # a few hundred steps on 2 CPU cores. Measured with supervised training (clips in memory, 32 px):
-    # C3D x0.25 with AdamW fits the unbiased split's motion in about 20 epochs of 240 videos (test_swapped
-    # 1.0), where R3D-18 x0.125 needs 50 (0.87) and SGD at lr 0.05 or 0.005 moves neither in 20.
+    # C3D x0.25 with AdamW learns the unbiased split's motion in about 20 epochs of 240 videos (test_swapped
+    # 0.97), where R3D-18 x0.125 needs about 60 (0.87), and SGD at lr 0.05 or 0.005 moves R3D-18 not at all in 20.
     # MoCo's key encoder must follow within the run's ~500 steps: momentum 0.99, and a queue
     # (128) smaller than the 240 training videos. Dropout 0.5 before a supervised head on C3D x0.25's
     # 128 features keeps it at chance for 20 epochs (0.23 against 1.0 without): none here.
