@@ -155,6 +155,12 @@ class Config(_Section):
             raise ValueError(f"data.root {self.data.root} does not exist")
         return self
 
+    def method_summary(self) -> str:
+        """The method as a person names it: ``moco + intra_frame (gamma 0.3)``; fine-tuning uses no noise."""
+        if self.method.name == "finetune":
+            return f"finetune ({self.method.num_classes} classes, no noise)"
+        return f"{self.method.name} + {self.be.noise} (gamma {self.be.gamma})"
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # Sec. 4.1 exactly: the defaults above

@@ -85,7 +85,6 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(t
         lost = records[victim.name]
         assert lost["resumed_from_epoch"] >= 1 and lost["epochs"] == EPOCHS  # continued, not restarted from scratch
         assert f"resumed   {victim.name}" in out
-        assert len(cluster.list_all_nodes()) == 1  # it finished on the head alone
         assert (runs / victim.name / "eval" / "knn-synth-split1.json").is_file()
     finally:
         if "proc" in locals() and proc.poll() is None:

@@ -44,12 +44,17 @@ def test_synthetic_study_sweeps_cover_table_4_with_seeds_and_score_both_probes()
     from beray.sweep.trial import flatten
 
     noise, gamma = load_sweep("sweeps/synthetic_noise.yaml"), load_sweep("sweeps/synthetic_gamma.yaml")
+    supervised = load_sweep("sweeps/synthetic_supervised.yaml")  # the reference: labels, rho 0.9 and 1.0
+    assert [p["data.synth.rho"] for p in supervised.points()] == [0.9, 1.0]
+    cfg = supervised.run_config(supervised.points()[1], 0)
+    assert cfg.method.name == "finetune" and cfg.data.synth == {**noise.run_config(noise.points()[0], 0).data.synth,
+                                                                "rho": 1.0}  # the same copy of the data, rho apart
     assert sorted(p["be.noise"] for p in noise.points()) == sorted(NOISES)  # Table 4's six and FAME
     assert [p["be.gamma"] for p in gamma.points()] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     x, y = torch.randn(12, 4), torch.arange(6).repeat(2)
     tests = {name: (x, y) for name in ("test_biased", "test_swapped", "static_biased", "static_swapped")}
     names = flatten(background_scores((x, y), tests, 6, 3, (x, y)))
-    for sweep in (noise, gamma):
+    for sweep in (noise, gamma, supervised):
         assert len(sweep.seed_list) >= 3 and sweep.eval.mode == "background"
         metrics = [sweep.objective.metric, *sweep.objective.also]
         assert "linear.unbiased_swapped" in metrics and "linear.test_swapped" in metrics  # probes (b) and (a)

@@ -8,12 +8,7 @@ import sys
 
 from beray.data.check import check_dataset, print_report
 from beray.data.datasets import DATASETS, DatasetError, index_dataset
-from beray.data.synth import SPLITS, SynthConfig, generate, own_family_fraction
-
-
-def _synth_config(args: argparse.Namespace) -> SynthConfig:
-    fields = {f.name for f in dataclasses.fields(SynthConfig)}
-    return SynthConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+from beray.data.synth import SPLITS, SynthConfig, generate, own_family_fraction, synth_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "synth":
-            config = _synth_config(args)
+            names = {f.name for f in dataclasses.fields(SynthConfig)}
+            config = synth_config({k: v for k, v in vars(args).items() if k in names and v is not None})
             out = generate(args.out_dir, config, workers=args.workers)
             counts = {sp: (out / f"{sp}.csv").read_text().count("\n") - 1 for sp in SPLITS}
             own = own_family_fraction(out)

@@ -23,7 +23,7 @@ def _dry_run(sweep) -> None:
     cfg = sweep.run_config({}, 0, check_paths=False)
     print(f"sweep {sweep.name}: {sweep.search.algorithm} search, {sweep.scheduler.name} scheduler, "
           f"objective {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), seeds {sweep.seed_list}")
-    print(f"base: {cfg.method.name} + {cfg.be.noise} on {cfg.data.dataset} "
+    print(f"base: {cfg.method_summary()} on {cfg.data.dataset} "
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
     print(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
           + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"

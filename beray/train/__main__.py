@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from beray.data.datasets import DatasetError
     from beray.train.launch import fit, run_dir, run_name
 
-    print(f"beray: {cfg.method.name} + {cfg.be.noise} (gamma {cfg.be.gamma}) on {cfg.data.dataset}, "
+    print(f"beray: {cfg.method_summary()} on {cfg.data.dataset}, "
           f"{cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs, {cfg.run.workers} worker(s)",
           flush=True)
     name = name or run_name(cfg)
