@@ -90,6 +90,7 @@ class MethodConfig(_Section):
     momentum: float = Field(0.999, ge=0.0, le=1.0)
     tau: float = Field(0.07, gt=0.0)
     hard_negative: bool = True  # Eq. (7); False gives Eq. (6)
+    distracted_query: bool = False  # x_d through MoCo's query encoder, x_o the key (the authors' code)
     num_classes: int | None = Field(None, ge=2)  # finetune only: the dataset's classes
     dropout: float = Field(0.5, ge=0.0, lt=1.0)  # finetune only: before the new FC layer
 

@@ -129,6 +129,25 @@ def test_gradients_flow_to_the_query_encoder_only():
     assert model.encoder_k.backbone.conv.weight.grad is None
 
 
+def test_a_distracted_query_sends_x_d_and_x_h_through_the_query_encoder_and_enqueues_x_o():
+    model = _hand_model()
+    model.distracted_query = True
+    x_o, x_d, x_h = _vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0)
+    for x in (x_o, x_d, x_h):
+        x.requires_grad_(True)
+    logits, _ = model.logits(x_o, x_d, x_h)
+    # the positive z_o . z_d is the same; the hard negative and the queue now meet z_d = (0.6, 0.8), not z_o
+    assert torch.allclose(logits, torch.tensor([[1.2, 1.6, 1.2, 1.6, -1.2]]))
+    logits[0, 0].backward(retain_graph=True)
+    assert x_o.grad is None and x_d.grad.abs().sum() > 0  # the gradient reaches x_d, not the key x_o
+    logits[0, 1].backward()
+    assert x_h.grad.abs().sum() > 0  # the hard negative is the query encoder's too (as in the authors' code)
+    assert torch.allclose(model.queue[:, 0], torch.tensor([1.0, 0.0]))  # z_o enqueued (over the oldest slot)
+    unswapped = _hand_model()
+    unswapped.logits(x_o.detach(), x_d.detach(), x_h.detach())
+    assert torch.allclose(unswapped.queue[:, 0], torch.tensor([0.6, 0.8]))  # by default z_d is the key
+
+
 def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # different initial weights and queues: DDP must broadcast rank 0's

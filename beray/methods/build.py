@@ -23,7 +23,7 @@ def _method(cfg: Config) -> tuple[type[nn.Module], dict]:
     m = cfg.method
     if m.name == "moco":
         return MoCoBE, {"dim": m.dim, "queue_size": m.queue_size, "momentum": m.momentum, "tau": m.tau,
-                        "hard_negative": m.hard_negative}
+                        "hard_negative": m.hard_negative, "distracted_query": m.distracted_query}
     if m.name == "finetune":
         return Classifier, {"num_classes": m.num_classes, "dropout": m.dropout}
     return PRETEXTS[m.name], {"beta": m.beta}

@@ -12,6 +12,12 @@ positive is and adds one negative:
   video holds no clip distinct from x_o (``h_valid`` False), its hard-negative logit
   is left out (-inf), and that sample's term is Eq. (6).
 
+Eq. (7) is symmetric in z_o and z_d and the paper does not say which encoder sees
+which view. ``distracted_query`` swaps them as the authors' code does (FingerRec/BE
+``pt.py``, ``train_be``): x_d through the query encoder (with gradients), x_o the key
+(and what is enqueued), x_h through the query encoder too, so that the trained
+encoder itself sees the distracting video.
+
 phi is spatio-temporal max pooling (done by the backbone) and a fully connected
 layer to D = 128, L2-normalised. The paper does not give the temperature, the
 queue size or the momentum: the defaults are MoCo v1's tau = 0.07 and m = 0.999,
@@ -58,10 +64,11 @@ class MoCoBE(nn.Module):
         return Views(hard_negative=hard_negative)
 
     def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
-                 tau: float = 0.07, hard_negative: bool = True, shuffle_bn: bool = True):
+                 tau: float = 0.07, hard_negative: bool = True, distracted_query: bool = False,
+                 shuffle_bn: bool = True):
         super().__init__()
         self.queue_size, self.momentum, self.tau = queue_size, momentum, tau
-        self.hard_negative, self.shuffle_bn = hard_negative, shuffle_bn
+        self.hard_negative, self.distracted_query, self.shuffle_bn = hard_negative, distracted_query, shuffle_bn
         self.encoder_q = Projection(backbone, dim)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
@@ -95,12 +102,17 @@ class MoCoBE(nn.Module):
 
     def logits(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None,
                h_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Logits [z_o.z_d, (z_o.z_h), z_o.queue] / tau and labels; ``h_valid`` (B,) bool masks x_h."""
-        q = self.encoder_q(x_o)
+        """Logits [z_o.z_d, (z_o.z_h), z_o.queue] / tau and labels; ``h_valid`` (B,) bool masks x_h.
+        The query is z_o (z_d with ``distracted_query``), the key the other one."""
+        x_q, x_k = (x_d, x_o) if self.distracted_query else (x_o, x_d)
+        use_h = self.hard_negative and x_h is not None
+        q = self.encoder_q(x_q)
+        h = self.encoder_q(x_h) if use_h and self.distracted_query else None
         with torch.no_grad():
             self._momentum_update_key_encoder()
-            k = self._keys(x_d)
-            h = self._keys(x_h) if self.hard_negative and x_h is not None else None
+            k = self._keys(x_k)
+            if use_h and not self.distracted_query:
+                h = self._keys(x_h)
         l_pos = (q * k).sum(dim=1, keepdim=True)  # z_o . z_d
         l_neg = q @ self.queue.clone().detach().to(q.dtype)  # N1: the queue
         parts = [l_pos, l_neg]
