@@ -145,7 +145,9 @@ def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
             for p in rows:
                 by_value.setdefault(p.point.get(key), []).extend(p.of(metric).values)
             by_value = {v: vals for v, vals in by_value.items() if vals}
-            xs = sorted(by_value, key=lambda v: (isinstance(v, str), v))
+            listed = list(sweep.space[key].values) if not numeric and sweep.space[key].kind in ("grid", "choice") else []
+            xs = sorted(by_value, key=lambda v: (v not in listed, listed.index(v) if v in listed else 0,
+                                                 isinstance(v, str), v))  # the sweep file's order first
             means = [sum(by_value[x]) / len(by_value[x]) for x in xs]
             stds = [PointResult({}, by_value[x]).std for x in xs]
             shift = 0.0 if numeric else 0.8 * (i - (len(metrics) - 1) / 2) / len(metrics)  # side by side
@@ -159,7 +161,7 @@ def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
         if len(metrics) > 1:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the panel, not on the points
         else:
             ax.set_ylabel(sweep.objective.metric)
     fig.suptitle(f"sweep {sweep.name}: {sweep.eval.mode}, mean +- std over seeds", fontsize=9)
