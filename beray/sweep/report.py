@@ -120,8 +120,9 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
     if sweep.reference is not None:
         lines += [f"reference column: published numbers ({sweep.reference.title}), not measured here", ""]
     png = plot(rows, sweep, results / "results.png")
-    lines += [f"![objective per parameter]({png.name})", "",
-              f"TensorBoard of every trial: tensorboard --logdir {results / 'runs'}"]
+    lines += [f"![objective per parameter]({png.name})"]
+    if (results / "runs").is_dir():  # a copy of the records alone (docs/results/) has no runs
+        lines += ["", f"TensorBoard of every trial: tensorboard --logdir {results / 'runs'}"]
     text = "\n".join(lines) + "\n"
     (results / "results.md").write_text(text)
     return text
