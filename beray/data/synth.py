@@ -18,7 +18,8 @@ background): ``background_pool`` draws each video's background from N textures
 per family shared by every video and split, ``object_pool`` draws the T's size
 and colour from N appearances, and ``camera_jitter`` lets the background drift up
 to that many pixels from its place, one pixel a frame at most (a hand-held
-camera), so that no frame of a video is its exact background. 0 turns each off (the first version's rendering).
+camera), so that no frame of a video is its exact background. 0 turns each off
+(the first version's rendering).
 
 The same config and seed give the same bytes, whatever the number of workers.
 """

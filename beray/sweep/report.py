@@ -146,9 +146,9 @@ def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
             for p in rows:
                 by_value.setdefault(p.point.get(key), []).extend(p.of(metric).values)
             by_value = {v: vals for v, vals in by_value.items() if vals}
-            listed = list(sweep.space[key].values) if not numeric and sweep.space[key].kind in ("grid", "choice") else []
-            xs = sorted(by_value, key=lambda v: (v not in listed, listed.index(v) if v in listed else 0,
-                                                 isinstance(v, str), v))  # the sweep file's order first
+            listed = sweep.space[key].values if not numeric and sweep.space[key].kind in ("grid", "choice") else []
+            rank = {v: i for i, v in enumerate(listed)}  # categories in the sweep file's order (Table 4's)
+            xs = sorted(by_value, key=lambda v: (rank.get(v, len(rank)), isinstance(v, str), v))
             means = [sum(by_value[x]) / len(by_value[x]) for x in xs]
             stds = [PointResult({}, by_value[x]).std for x in xs]
             shift = 0.0 if numeric else 0.8 * (i - (len(metrics) - 1) / 2) / len(metrics)  # side by side
