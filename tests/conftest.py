@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,81 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """tests/gpu runs wherever CUDA is present; without it, its tests are skipped (the one allowed skip)."""
+    """Tests that start Ray (through ``ray_cluster``) are marked ``ray``, as the tests that start a
+    process mark themselves: ``-m "not ray"`` is the inner loop. tests/gpu runs wherever CUDA is
+    present; without it, its tests are skipped (the one allowed skip)."""
     import torch
 
-    if torch.cuda.is_available():
-        return
+    cuda = torch.cuda.is_available()
     skip = pytest.mark.skip(reason="needs a CUDA device: tests/gpu runs on GPU machines (README, Development)")
     for item in items:
-        if Path(str(item.fspath)).parent.name == "gpu":
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        if not cuda and Path(str(item.fspath)).parent.name == "gpu":
             item.add_marker(skip)
+
+
+# -- a test that hangs fails at its limit (pytest-timeout) and leaves nothing running ------------------
+
+_TIMED_OUT = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and call.excinfo is not None and "from pytest-timeout" in str(call.excinfo.value):
+        item.stash[_TIMED_OUT] = True
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    if item.stash.get(_TIMED_OUT, False):
+        reap()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def reap(wait_s: float = 60) -> list[int]:
+    """End what a timed-out test left running: the processes it started (Ray's own processes, children
+    of this one too, are spared), and the Ray actors it held (gc drops the dead frame's handles, and Ray
+    ends an actor nobody holds). Waits until the cluster's CPUs are free again; returns the pids killed."""
+    import gc
+    import signal
+    import time
+
+    killed = []
+    ray_dir = str(Path(__import__("ray").__file__).parent)
+    for pid in _children(os.getpid()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            if any(arg.startswith(ray_dir) for arg in cmdline):
+                continue  # the session's Ray (gcs_server, raylet, dashboard, ...)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)  # a process started in its own session: its whole group
+            else:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            killed.append(pid)
+        except (OSError, ChildProcessError):
+            continue
+    gc.collect()
+    import ray
+
+    if ray.is_initialized():
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            total, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
+            if free >= total:
+                break
+            time.sleep(0.5)
+    return killed
 
 
 BITS = 8  # frame index encoded in 8 vertical black/white bands: survives lossy codecs
@@ -130,8 +197,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray with 2 CPUs and a Prometheus metrics endpoint; yields its address and metrics port."""
-    import os
-
     import ray
 
     from beray.runtime import init_ray

@@ -142,6 +142,7 @@ def test_the_patterns_find_what_they_are_for():
     assert _secrets_in(Path("README.md"), "~/.ray/auth_token and AKIA-like names") == []
 
 
+@pytest.mark.ray
 def test_no_credential_is_committed():
     files = _tracked_files()
     assert ROOT / "cluster.yaml" in files and ROOT / "README.md" in files

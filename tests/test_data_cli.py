@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import make_hmdb51, make_ucf101
+
+pytestmark = pytest.mark.ray  # each test runs the CLI in a process of its own
 
 
 def run(*args, env=None):

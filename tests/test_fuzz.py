@@ -90,6 +90,7 @@ class _Child:
             self.proc.wait(timeout=30)
 
 
+@pytest.mark.ray
 def test_corrupt_videos_give_frames_or_the_typed_error(tmp_path, request):
     per_format = 200 if request.config.getoption("--fuzz-full") else 40
     cases = _cases(tmp_path, per_format)

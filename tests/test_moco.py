@@ -168,6 +168,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.ray
 def test_two_gloo_ranks_share_one_queue_with_both_ranks_keys(tmp_path):
     out = str(tmp_path / "result.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

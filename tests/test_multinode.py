@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import _free_port, registered_checkpoints, tiny_sweep
+
+pytestmark = pytest.mark.ray
 
 EPOCHS = 4
 

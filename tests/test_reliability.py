@@ -65,6 +65,7 @@ while True:
 """
 
 
+@pytest.mark.ray
 def test_kill_during_saving_never_leaves_a_half_checkpoint(tmp_path):
     from torch import nn
 
@@ -86,7 +87,7 @@ def test_kill_during_saving_never_leaves_a_half_checkpoint(tmp_path):
 
 
 def test_starvation_is_logged_and_warned_with_a_remedy(ray_cluster, tmp_path, capfd):
-    from beray.tbevents import read_events
+    from tbevents import read_events
     from beray.train.monitor import Monitor
 
     monitor = Monitor(str(tmp_path), "starved-test", rank=0, epochs=3, log_every=1)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
+from tbevents import read_events
 
 from beray.config import load_config
-from beray.tbevents import read_events
 from beray.train.launch import fit
 
 
@@ -40,6 +40,7 @@ def test_same_seed_same_losses_and_resume_continues_the_stream(ray_cluster, tiny
     assert other[0] != whole[0]
 
 
+@pytest.mark.ray
 def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, tiny_synth):
     run = tmp_path / "r"
     run.mkdir()

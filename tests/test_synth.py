@@ -21,6 +21,7 @@ def _digest(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.ray
 def test_same_seed_same_bytes_any_workers(tmp_path):
     a = _digest(generate(tmp_path / "a", SMALL, workers=1, progress=False))
     b = _digest(generate(tmp_path / "b", SMALL, workers=2, progress=False))
@@ -29,6 +30,7 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     assert c["train.csv"] != a["train.csv"] or any(c[k] != a[k] for k in a if k.endswith(".avi"))
 
 
+@pytest.mark.ray
 def test_manifests_index_and_videos_read(tmp_path):
     root = generate(tmp_path / "s", SMALL, workers=2, progress=False)
     idx = index_dataset("synth", root)
@@ -53,6 +55,7 @@ def test_assigned_bias_is_rho(rho):
     assert abs((swapped == labels).mean() - 1 / 6) < 0.02 and table.min() > 0.7 * table.mean()
 
 
+@pytest.mark.ray
 def test_generated_train_split_holds_the_bias(tmp_path):
     config = SynthConfig(size=32, frames=2, train_per_class=60, test_per_class=60, unbiased_per_class=60, rho=0.9)
     root = generate(tmp_path / "b", config, workers=2, progress=False)

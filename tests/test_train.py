@@ -11,13 +11,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import registered_checkpoints, tiny_overrides
+from tbevents import read_events
 
 from beray.config import load_config
-from beray.tbevents import read_events
 from beray.train.checkpoint import STATE_FILE
 from beray.train.launch import fit
+
+pytestmark = pytest.mark.ray  # real Ray Train runs and CLI processes
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:

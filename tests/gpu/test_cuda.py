@@ -9,9 +9,9 @@ import torch
 from beray.augment.be import NOISES, distract
 from beray.config import load_config
 from beray.methods.build import build_method, make_optimizer, train_step
-from beray.tbevents import read_events
 from beray.train.launch import fit
 from beray.train.monitor import Monitor
+from tbevents import read_events
 
 CUDA = torch.device("cuda")
 
