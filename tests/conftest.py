@@ -11,6 +11,11 @@ import yaml
 
 from beray.data.encode import write_video
 
+# Ray Train's controller polls its workers every 2 s, so a run's end is seen up to 2 s late; the suite
+# runs some thirty runs. Set before any Ray starts: every Ray process and test subprocess inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-full", action="store_true", help="run the full reader fuzzing corpus (slow)")
 
@@ -257,6 +262,7 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     ``ray_beray_``/``ray_node_`` lines of each): Ray drops a gauge some 20 s after its last update."""
     import contextlib
     import io
+    import re
     import shutil
     import threading
     import time
@@ -287,7 +293,10 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(f)])
-    time.sleep(12)  # the last trial counts reach the endpoint within Ray's export interval
+    done = re.compile(r'ray_beray_sweep_trials\{[^}]*state="finished",sweep="grid"\} 4(\.0)?$', re.M)
+    deadline = time.monotonic() + 60  # the last trial counts reach the endpoint within Ray's export interval
+    while time.monotonic() < deadline and not (scrapes and done.search(scrapes[-1])):
+        time.sleep(0.5)
     stop.set()
     scraper.join()
     return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "results": tmp / "sweeps" / "grid",

@@ -205,50 +205,58 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
     assert "1 stopped early" in (tmp_path / "sweeps" / "asha" / "results.md").read_text()
 
 
-def test_a_killed_driver_resumes_with_only_the_trials_left(ray_cluster, tiny_synth, tmp_path):
-    f = tiny_sweep(tmp_path, tiny_synth, "resume", {"be.gamma": {"grid": [0.0, 0.3]}},
-                    resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+def _wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False
+
+
+def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_is_retried_then_reported(
+        ray_cluster, tiny_synth, tmp_path):
+    # One trial at a time. The first (a decode limit of 60 s) finishes; the driver is then killed with
+    # SIGKILL and started again with --resume, which must not run it again. The second has a decode limit
+    # of a microsecond, which makes every video unreadable: its run has no batch and raises; Tune runs it
+    # once more, then reports it failed with its error, and the sweep ends normally.
+    f = tiny_sweep(tmp_path, tiny_synth, "resume", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}},
+                   retries=1, resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+    tree = yaml.safe_load(f.read_text())
+    tree["base"]["set"]["run.max_failures"] = 0
+    f.write_text(yaml.safe_dump(tree))
     results = tmp_path / "sweeps" / "resume"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"], "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(r["status"] == "finished" for r in
-                                             (_records(results) if (results / "trials").is_dir() else [])):
-        time.sleep(0.5)
-    time.sleep(2)  # let Tune save its state after the first trial
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        finished = _wait_for(lambda: any(r["status"] == "finished" for r in
+                                         (_records(results) if (results / "trials").is_dir() else [])), 200)
+        states = sorted(results.glob("experiment_state-*.json"))
+        saved = max((p.stat().st_mtime for p in states), default=0)
+        # Tune saves its state every second (TUNE_GLOBAL_CHECKPOINT_S): wait for a save after the finish
+        _wait_for(lambda: max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0) > saved,
+                  10)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     first = [r for r in _records(results) if r["status"] == "finished"]
-    assert len(first) == 1, proc.stdout.read()[-3000:]
+    assert finished and len(first) == 1, proc.stdout.read()[-3000:]
     done_id = first[0]["trial_id"]
     checkpoints = sorted((results / "runs" / done_id).glob("checkpoint_*"))
     res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--resume"], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"started   {done_id}" not in res.stdout  # the finished trial is not run again
     assert sorted((results / "runs" / done_id).glob("checkpoint_*")) == checkpoints
-    records = _records(results)
-    assert len(records) == 2 and all(r["status"] == "finished" for r in records), records
-    again = subprocess.run([sys.executable, "-m", "beray.sweep", str(f)], env=env, capture_output=True, text=True)
+    by_timeout = {r["point"]["data.decode_timeout_s"]: r for r in _records(results)}
+    assert len(by_timeout) == 2 and by_timeout[60.0]["status"] == "finished", by_timeout
+    assert by_timeout[1.0e-6]["status"] == "failed" and "no full batch" in by_timeout[1.0e-6]["error"]
+    assert "retrying" in res.stdout and "failed    " in res.stdout
+    assert "1 failed" in (results / "results.md").read_text()
+    again = subprocess.run([sys.executable, "-m", "beray.sweep", str(f)], env=env, capture_output=True, text=True,
+                           timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr  # the same name again: refused, nothing lost
-
-
-def test_a_failing_trial_is_retried_then_reported_failed_and_the_sweep_goes_on(ray_cluster, tiny_synth, tmp_path,
-                                                                              capsys):
-    # A decode timeout of a microsecond makes every video unreadable: the run has no batch and raises;
-    # Tune runs it once more, then reports it failed with its error while the sound trial finishes.
-    f = tiny_sweep(tmp_path, tiny_synth, "fail", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}}, retries=1)
-    tree = yaml.safe_load(f.read_text())
-    tree["base"]["set"]["run.max_failures"] = 0
-    f.write_text(yaml.safe_dump(tree))
-    assert main([str(f)]) == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    by_timeout = {r["point"]["data.decode_timeout_s"]: r for r in _records(tmp_path / "sweeps" / "fail")}
-    assert by_timeout[60.0]["status"] == "finished" and by_timeout[1.0e-6]["status"] == "failed"
-    assert "no full batch" in by_timeout[1.0e-6]["error"]
-    assert "retrying" in out and "failed    " in out
-    assert "1 failed" in (tmp_path / "sweeps" / "fail" / "results.md").read_text()
 
 
 def test_optuna_search_keeps_its_study_in_sqlite(ray_cluster, tiny_synth, tmp_path, capsys):
