@@ -28,17 +28,22 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from beray.augment.be import distract
 from beray.augment.spatial import AugmentConfig as AugmentParams
 from beray.config import Config
 from beray.data.datasets import DatasetError, index_dataset
 from beray.data.video import VideoReadError
 from beray.data.views import ViewMaker, Views, ViewSpec, record_row, video_rng
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it (in the decode tasks): see beray.augment.spatial.
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
             on_skip(e.path, e.reason)
     if not views:
         return {}
+    import torch
+
     out = {k: np.stack([v[k] for v in views]) for k in views[0]}
     g = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 1, *indices.tolist()]).integers(2**62)))
     return add_noise(out, noise, g)
@@ -135,6 +142,10 @@ def add_noise(batch: dict[str, np.ndarray], noise: NoiseSpec, generator: torch.G
               ) -> dict[str, np.ndarray]:
     """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped;
     a batch without x_v (a method that asked for no distracting view) passes unchanged."""
+    import torch
+
+    from beray.augment.be import distract
+
     if "x_v" not in batch:
         return batch
     with warnings.catch_warnings():  # Ray hands out read-only arrays; x_v is only read

@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from beray.augment.spatial import AugmentConfig, augment_a, to_video
 from beray.data import sampling
@@ -70,6 +68,8 @@ class ViewMaker:
         self.transform = augment_a(spec.augment)
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        import torch  # here, not at the top: see beray.augment.spatial
+
         s, v = self.spec, self.spec.views
         torch.manual_seed(int(rng.integers(2**62)))  # torchvision's v2 transforms draw from torch's global RNG
         t = s.num_frames
@@ -90,6 +90,8 @@ class ViewMaker:
         return {**out, **x}
 
     def _a(self, video) -> np.ndarray:
+        from torch import Tensor
+
         return self.transform(video).as_subclass(Tensor).numpy()
 
     def _starts(self, n: int, rng: np.random.Generator) -> list[int | None]:
