@@ -46,6 +46,7 @@ def _train_workers() -> dict[int, tuple[int, str | None]]:
     return found
 
 
+@pytest.mark.timeout(600)  # two trials, a lost node, a resume: 200 s on the slower of our 2-core machines
 def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(tiny_synth, tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 

@@ -169,6 +169,7 @@ def _records(results: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted((results / "trials").glob("*.json"))]
 
 
+@pytest.mark.timeout(600)  # the first test to ask runs the shared 4-trial sweep: 170 s on a slow machine
 def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
     assert grid_sweep["code"] == 0, grid_sweep["err"][-3000:]
     out, results = grid_sweep["out"], grid_sweep["results"]
