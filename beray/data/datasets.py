@@ -12,6 +12,7 @@ dropped and counted in ``missing``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -57,11 +58,19 @@ def _first_existing(root: Path, candidates: list[str], what: str) -> Path:
     raise DatasetError(f"{what} not found; looked for: {looked}")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_text(path: Path) -> str:
+    """A dataset file's text; DatasetError naming the file when it cannot be read or is not UTF-8."""
     try:
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not data
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                           "save it as UTF-8") from None
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in _read_text(path).splitlines() if ln.strip()]
 
 
 def _check_split(split: int, allowed: tuple[int, ...], name: str) -> None:
@@ -154,13 +163,13 @@ def index_diving48(root: str | Path, split: int = 1) -> DatasetIndex:
     _check_split(split, (1,), "Diving48")
     root = Path(root)
     vocab_file = root / "Diving48_vocab.json"
-    vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
+    vocab = json.loads(_read_text(vocab_file)) if vocab_file.exists() else None
     subsets: dict[str, list[VideoRecord]] = {}
     labels: set[int] = set()
     for subset in ("train", "test"):
         f = _first_existing(root, [f"Diving48_V2_{subset}.json"], f"Diving48 {subset} annotations")
         try:
-            entries = json.loads(f.read_text())
+            entries = json.loads(_read_text(f))
             recs = [
                 VideoRecord(
                     str(root / "rgb" / f"{e['vid_name']}.mp4"), int(e["label"]), "", e["vid_name"],
@@ -200,12 +209,11 @@ def index_kinetics400(root: str | Path, split: int = 1) -> DatasetIndex:
         raise DatasetError(f"no Kinetics annotation CSV in {ann}")
     rows = []
     for f in csvs:
-        with open(f, newline="") as fh:
-            reader = csv.DictReader(fh)
-            need = {"youtube_id", "time_start", "time_end", "split"}
-            if not reader.fieldnames or not need <= set(reader.fieldnames):
-                raise DatasetError(f"{f}: expected columns label,youtube_id,time_start,time_end,split")
-            rows.extend(reader)
+        reader = csv.DictReader(io.StringIO(_read_text(f), newline=""))
+        need = {"youtube_id", "time_start", "time_end", "split"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise DatasetError(f"{f}: expected columns label,youtube_id,time_start,time_end,split")
+        rows.extend(reader)
     classes = sorted({r["label"] for r in rows if r.get("label")})
     label_of = {c: i for i, c in enumerate(classes)}
     subsets: dict[str, list[VideoRecord]] = {}
@@ -258,8 +266,7 @@ def index_manifest(root: str | Path, split: int = 1) -> DatasetIndex:
 
 
 def _manifest_rows(f: Path) -> list[tuple[str, str, int | None, int | None]]:
-    with open(f, newline="") as fh:
-        lines = [row for row in csv.reader(fh) if row and not row[0].startswith("#")]
+    lines = [row for row in csv.reader(io.StringIO(_read_text(f), newline="")) if row and not row[0].startswith("#")]
     if not lines:
         return []
     header = [c.strip().lower() for c in lines[0]]
