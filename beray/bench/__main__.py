@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in (d, b, t, k, e, w):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but torch sees no CUDA device here; run without it (or --device cpu)",
+                  file=sys.stderr)
+            return 2
 
     import importlib
 
