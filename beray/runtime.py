@@ -46,6 +46,22 @@ def init_ray(**kwargs) -> dict:
     return {}
 
 
+def missing_local_gpus(per_worker: float, workers: int) -> str | None:
+    """Why a Ray instance that beray would start on this machine cannot give ``workers`` workers
+    ``per_worker`` GPUs each; None when it can, or when beray joins a running Ray (``RAY_ADDRESS``),
+    whose autoscaler may yet add GPU nodes. Ray Train would otherwise wait for them without end."""
+    if per_worker <= 0 or ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return None
+    import torch
+
+    have, need = torch.cuda.device_count(), per_worker * workers
+    if need <= have:
+        return None
+    return (f"run.gpus_per_worker={per_worker:g} with {workers} worker(s) needs {need:g} GPU(s), but this machine "
+            f"has {have} and beray would start Ray on it; set run.gpus_per_worker=0, or join a cluster with GPUs "
+            "(RAY_ADDRESS)")
+
+
 def pin_data_coordinator() -> None:
     """Create Ray Data's autoscaling coordinator on the head node before any dataset runs.
 

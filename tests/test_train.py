@@ -117,3 +117,16 @@ def test_bad_config_exits_2_naming_the_field_before_ray_starts(tmp_path, capsys)
                          text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
     assert res.returncode == 2, res.stderr
     assert "data.root" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_gpus_that_a_local_ray_would_not_have_are_refused_before_it_starts(tiny_synth, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # beray would start Ray here
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, on any machine
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--gpus-per-worker", "1", "--set",
+                          f"data.root={tiny_synth}", "--set", f"run.storage={tmp_path}", "--set", "run.name=gpu"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: run.gpus_per_worker=1 with 1 worker(s) needs 1 GPU(s), but this machine has 0 and beray would "
+        "start Ray on it; set run.gpus_per_worker=0, or join a cluster with GPUs (RAY_ADDRESS)"]
+    assert "Ray instance" not in res.stdout + res.stderr and not (tmp_path / "gpu").exists()  # no Ray, no files

@@ -17,7 +17,7 @@ import yaml
 
 from beray import storage as st
 from beray.config import Config, ConfigError, resume_changes, to_yaml
-from beray.runtime import init_ray
+from beray.runtime import init_ray, missing_local_gpus
 
 
 @dataclass
@@ -59,6 +59,8 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
         except ConfigError as e:
             raise ConfigError(f"{directory} already holds a run, which this one would resume; pick another "
                               f"run.name. {e}") from None
+    if why := missing_local_gpus(cfg.run.gpus_per_worker, cfg.run.workers):
+        raise ConfigError(why)
     try:
         st.write_text(st.join(directory, "config.yaml"), to_yaml(cfg))
     except (OSError, pa.ArrowException) as e:
