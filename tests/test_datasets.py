@@ -109,7 +109,7 @@ def test_a_manifest_that_is_not_utf8_is_named_and_a_byte_order_mark_is_not_data(
     (tmp_path / "train.csv").write_bytes("path,label\ncaf\u00e9.mp4,1\n".encode("latin-1"))  # a spreadsheet's export
     with pytest.raises(DatasetError) as e:
         index_dataset("manifest", tmp_path)
-    assert str(e.value) == (f"{tmp_path / 'train.csv'} is not UTF-8 text (byte 0xe9 at offset 14); save it as UTF-8")
+    assert str(e.value) == f"{tmp_path / 'train.csv'}, line 2: not UTF-8 text (byte 0xe9); save it as UTF-8"
     (tmp_path / "train.csv").write_bytes("\ufeffpath,label\ncaf\u00e9.mp4,1\n".encode("utf-8"))
     (record,) = index_dataset("manifest", tmp_path).subsets["train"]
     assert (record.path, record.label) == (str(tmp_path / "caf\u00e9.mp4"), 1)  # the header was read as one

@@ -9,7 +9,6 @@ locations. No horizontal flip: it would turn "moving left" into "moving right".
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -63,8 +63,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not data
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                           "save it as UTF-8") from None
+        line = e.object[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save it as UTF-8"
+                           ) from None
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
 
