@@ -26,9 +26,7 @@ import functools
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import ray
