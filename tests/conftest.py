@@ -62,16 +62,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def reap(wait_s: float = 60) -> list[int]:
+def reap(wait_s: float = 60) -> None:
     """End what a timed-out test left running: the processes it started (Ray's own processes, children
     of this one too, are spared), and the Ray actors it held (gc drops the dead frame's handles, and Ray
-    ends an actor nobody holds). Waits until the cluster's CPUs are free again; returns the pids killed."""
+    ends an actor nobody holds). Waits until the cluster's CPUs are free again."""
     import gc
     import signal
-    import time
 
-    killed = []
-    ray_dir = str(Path(__import__("ray").__file__).parent)
+    import ray
+
+    ray_dir = str(Path(ray.__file__).parent)
     for pid in _children(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -82,20 +82,24 @@ def reap(wait_s: float = 60) -> list[int]:
             else:
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            killed.append(pid)
         except (OSError, ChildProcessError):
             continue
     gc.collect()
-    import ray
-
     if ray.is_initialized():
-        deadline = time.time() + wait_s
-        while time.time() < deadline:
-            total, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
-            if free >= total:
-                break
-            time.sleep(0.5)
-    return killed
+        wait_for(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0), wait_s,
+                 poll_s=0.5)
+
+
+def wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout_s`` has passed (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 BITS = 8  # frame index encoded in 8 vertical black/white bands: survives lossy codecs
@@ -265,7 +269,6 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     import re
     import shutil
     import threading
-    import time
     import urllib.request
 
     from beray.sweep.__main__ import main
@@ -294,9 +297,8 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(f)])
     done = re.compile(r'ray_beray_sweep_trials\{[^}]*state="finished",sweep="grid"\} 4(\.0)?$', re.M)
-    deadline = time.monotonic() + 60  # the last trial counts reach the endpoint within Ray's export interval
-    while time.monotonic() < deadline and not (scrapes and done.search(scrapes[-1])):
-        time.sleep(0.5)
+    # the last trial counts reach the endpoint within Ray's export interval
+    wait_for(lambda: bool(scrapes and done.search(scrapes[-1])), 60, poll_s=0.5)
     stop.set()
     scraper.join()
     return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "results": tmp / "sweeps" / "grid",

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import yaml
 
 from beray.sweep.__main__ import main
 from beray.sweep.driver import max_concurrent
-from conftest import tiny_sweep
+from conftest import tiny_sweep, wait_for
 from beray.sweep.report import aggregate, write_report
 from beray.sweep.spec import Sweep, load_sweep
 
@@ -206,13 +205,9 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
     assert "1 stopped early" in (tmp_path / "sweeps" / "asha" / "results.md").read_text()
 
 
-def _wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll_s)
-    return False
+def _last_save(results: Path) -> float:
+    """When Tune last saved the sweep's state (0: never)."""
+    return max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0)
 
 
 def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_is_retried_then_reported(
@@ -231,13 +226,11 @@ def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_i
     proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        finished = _wait_for(lambda: any(r["status"] == "finished" for r in
-                                         (_records(results) if (results / "trials").is_dir() else [])), 200)
-        states = sorted(results.glob("experiment_state-*.json"))
-        saved = max((p.stat().st_mtime for p in states), default=0)
+        finished = wait_for(lambda: any(r["status"] == "finished" for r in
+                                        (_records(results) if (results / "trials").is_dir() else [])), 200)
+        saved = _last_save(results)
         # Tune saves its state every second (TUNE_GLOBAL_CHECKPOINT_S): wait for a save after the finish
-        _wait_for(lambda: max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0) > saved,
-                  10)
+        wait_for(lambda: _last_save(results) > saved, 10)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
