@@ -7,12 +7,19 @@ import json
 import pytest
 from conftest import HMDB_CLASSES, UCF_CLASSES, make_hmdb51, make_ucf101
 
-from beray.data.datasets import DatasetError, index_dataset
+from beray.data.datasets import DatasetError, index_dataset, subset_names
+
+
+def _indexed(name, root, **kw):
+    """index_dataset, and subset_names (what a sweep's objective is checked against) agrees with it."""
+    idx = index_dataset(name, root, **kw)
+    assert sorted(subset_names(name, root)) == sorted(idx.subsets)
+    return idx
 
 
 def test_ucf101(tmp_path, tiny_video_bytes):
     counts = make_ucf101(tmp_path, tiny_video_bytes)
-    idx = index_dataset("ucf101", tmp_path, split=2)
+    idx = _indexed("ucf101", tmp_path, split=2)
     assert idx.classes == UCF_CLASSES
     assert {k: len(v) for k, v in idx.subsets.items()} == counts
     rec = next(r for r in idx.subsets["train"] if r.class_name == "YoYo")
@@ -33,7 +40,7 @@ def test_ucf101_unknown_class_and_bad_split(tmp_path, tiny_video_bytes):
 
 def test_hmdb51_tags_and_splits(tmp_path, tiny_video_bytes):
     counts = make_hmdb51(tmp_path, tiny_video_bytes)
-    idx = index_dataset("hmdb51", tmp_path, split=1)
+    idx = _indexed("hmdb51", tmp_path, split=1)
     assert idx.classes == HMDB_CLASSES
     assert {k: len(v) for k, v in idx.subsets.items()} == counts
     assert sorted(r.video_id.split("_")[-1] for r in idx.subsets["test"] if r.label == 1) == ["2"]
@@ -54,7 +61,7 @@ def test_diving48(tmp_path):
     vocab = [["Back", "15som", "05Twis", "FREE"], ["Back", "15som", "15Twis", "FREE"],
              ["Back", "15som", "25Twis", "FREE"], ["Back", "15som", "NoTwis", "PIKE"]]
     (tmp_path / "Diving48_vocab.json").write_text(json.dumps(vocab))
-    idx = index_dataset("diving48", tmp_path)
+    idx = _indexed("diving48", tmp_path)
     r = idx.subsets["train"][1]
     assert (r.label, r.start_frame, r.end_frame) == (0, 40, 82)
     assert r.path == str(tmp_path / "rgb" / "abc_00002.mp4")
@@ -75,7 +82,7 @@ def test_kinetics400_counts_missing_files(tmp_path, tiny_video_bytes):
         f = tmp_path / split / label / f"{yid}_{t0:06d}_{t1:06d}.mp4"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(tiny_video_bytes["mp4"])
-    idx = index_dataset("kinetics400", tmp_path)
+    idx = _indexed("kinetics400", tmp_path)
     assert idx.classes == ["abseiling", "air drumming"]
     assert {k: len(v) for k, v in idx.subsets.items()} == {"train": 2, "validate": 1}
     assert idx.missing == [str(tmp_path / "train" / "abseiling" / "0Kqt3shkQB8_000030_000040.mp4")]
@@ -87,7 +94,7 @@ def test_manifest_with_and_without_header(tmp_path):
     (tmp_path / "train.csv").write_text("path,label,start_frame,end_frame,extra\na/x.mp4,1,5,25,z\n/abs/y.mp4,0,,,z\n")
     (tmp_path / "test.csv").write_text("b/z.avi,1\n")
     (tmp_path / "classes.txt").write_text("walk\nrun\n")
-    idx = index_dataset("manifest", tmp_path)
+    idx = _indexed("manifest", tmp_path)
     assert list(idx.subsets) == ["train", "test"]
     x, y = idx.subsets["train"]
     assert (x.path, x.label, x.class_name, x.start_frame, x.end_frame) == (str(tmp_path / "a/x.mp4"), 1, "run", 5, 25)

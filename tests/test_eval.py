@@ -78,7 +78,18 @@ def _json(run_dir: Path, stem: str) -> dict:
     return json.loads((run_dir / "eval" / f"{stem}.json").read_text())
 
 
-def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, capsys):
+def _fields_as_declared(res: dict, mode: str, dataset: str, root: Path) -> bool:
+    """The results' dotted fields are what ``eval.fields`` says the mode reports: a sweep's objective
+    is refused or accepted by that list before any trial trains."""
+    from beray.data.datasets import subset_names
+    from beray.eval.fields import result_fields
+    from beray.sweep.trial import flatten
+
+    reported = sorted(k.replace("/", ".") for k in flatten(res["results"]))
+    return reported == sorted(result_fields(mode, subset_names(dataset, root)))
+
+
+def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, tiny_synth, capsys):
     code, out, err = _run(capsys, "knn", "--checkpoint", pretrained, "--k", 5)
     assert code == 0, err
     assert "| test_biased |" in out and "| test_swapped |" in out and "knn-synth-split1.json" in out
@@ -88,6 +99,7 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
         r = res["results"][subset]
         assert r["videos"] == 6 and 0 <= r["top1"] <= r["top5"] <= 1
     assert res["chance"] == pytest.approx(1 / 6) and res["model"].startswith("moco (r3d_18 x0.125")
+    assert _fields_as_declared(res, "knn", "synth", tiny_synth)
     cache = sorted((pretrained / "eval" / "cache").glob("*.pt"))
     assert len(cache) == 3  # train, test_biased, test_swapped
     code, out, err = _run(capsys, "linear", "--checkpoint", pretrained)
@@ -98,7 +110,7 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
     assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
 
 
-def test_retrieve_cuts_clips_and_reports_recall_at_k(pretrained, capsys):
+def test_retrieve_cuts_clips_and_reports_recall_at_k(pretrained, tiny_synth, capsys):
     checkpoint_dir = _last_checkpoint(pretrained)  # a checkpoint directory works as well
     code, out, err = _run(capsys, "retrieve", "--checkpoint", checkpoint_dir)
     assert code == 0, err
@@ -108,11 +120,13 @@ def test_retrieve_cuts_clips_and_reports_recall_at_k(pretrained, capsys):
         recalls = [r[f"R@{k}"] for k in (1, 5, 10, 20, 50)]
         assert recalls == sorted(recalls) and 0 <= recalls[0] and recalls[-1] == 1.0  # K=50 > gallery: all hit
         assert r["queries"] == 6
+    assert _fields_as_declared(res, "retrieve", "synth", tiny_synth)
 
 
-def test_background_reports_the_gap_and_the_static_probe(pretrained, capsys):
+def test_background_reports_the_gap_and_the_static_probe(pretrained, tiny_synth, capsys):
     code, out, err = _run(capsys, "background", "--checkpoint", pretrained)
     assert code == 0, err
+    assert _fields_as_declared(_json(pretrained, "background-synth-split1"), "background", "synth", tiny_synth)
     res = _json(pretrained, "background-synth-split1")["results"]
     for head in ("knn", "linear"):
         r = res[head]
@@ -153,6 +167,7 @@ def test_finetune_a_two_class_set_through_ray_train(pretrained, tiny_synth, tmp_
     assert res["num_classes"] == 2 and res["epochs"] == 1 and res["lr"] == 0.05 and res["clips_per_video"] == 3
     assert res["results"]["test"]["videos"] == 2 and 0 <= res["results"]["test"]["top1"] <= 1
     assert res["results"]["test"]["top5"] == 1.0  # two classes: always in the top 5
+    assert _fields_as_declared(res, "finetune", "manifest", root)
     tuned = torch.load(res["finetuned"], weights_only=True)
     assert tuned["config"]["method"]["name"] == "finetune" and tuned["model"]["fc.weight"].shape[0] == 2
     # the backbone started from the pretrained one (the run's last checkpoint)

@@ -118,15 +118,27 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
         ({"space": {"be.gamma": {"uniform": [0.5, 0.1]}}}, "space.be.gamma: Value error, uniform needs low < high"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'fifo' or 'asha'"),
         ({"base": {"preset": "huge"}}, "base.preset: Value error, unknown preset 'huge'"),
-        ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}}},
-         "data.root /no/such/ucf101 does not exist"),
+        ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}},
+          "objective": {"metric": "test.top1"}}, "data.root /no/such/ucf101 does not exist"),
+        ({"objective": {"metric": "nonsense.top1"}},
+         "objective.metric: 'nonsense.top1' is not a result of knn on synth; it reports: test_biased.top1, "
+         "test_biased.top5, test_biased.videos, test_swapped.top1"),
+        ({"objective": {"metric": "test_swapped.top1", "also": ["test_swapped.top1", "test_swapped.R@1"]}},
+         "objective.also[1]: 'test_swapped.R@1' is not a result of knn on synth"),
+        ({"eval": {"mode": "retrieve", "dataset": "ucf101", "root": "/no/such/ucf101"}},
+         "objective.metric: 'test_swapped.top1' is not a result of retrieve on ucf101; it reports: test.R@1, "),
+        ({"eval": {"mode": "background"}, "base": {"set": {"data.dataset": "ucf101", "data.root": "."}},
+          "objective": {"metric": "knn.gap"}}, "eval.mode: background needs BackgroundBias-Synth's subsets"),
     ]
     for change, message in cases:
         f = tmp_path / "bad.yaml"
         f.write_text(yaml.safe_dump({**good, **change}))
-        code = main([str(f)])
-        err = capsys.readouterr().err
-        assert code == 2 and message.replace("Value error, ", "") in err and "Traceback" not in err, (change, err)
+        early = message.startswith(("objective", "eval.mode"))  # refused at --dry-run too, in one line
+        for dry in ([], ["--dry-run"]) if early else ([],):
+            code = main([str(f), *dry])
+            err = capsys.readouterr().err
+            assert code == 2 and message.replace("Value error, ", "") in err and "Traceback" not in err, (change, err)
+            assert not early or len(err.strip().splitlines()) == 1, err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read sweep file" in capsys.readouterr().err
 

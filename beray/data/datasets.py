@@ -301,6 +301,26 @@ DATASETS: dict[str, Callable[[str | Path, int], DatasetIndex]] = {
 }
 
 
+def subset_names(name: str = "synth", root: str | Path | None = None) -> list[str] | None:
+    """The subsets ``index_dataset`` would give, without indexing a video; None where only the data says
+    (a Kinetics or manifest root that is not on this machine)."""
+    name = name.lower()
+    if name == "synth" and root is None:
+        from beray.data.synth import SPLITS
+
+        return list(SPLITS)
+    if name in ("ucf101", "hmdb51", "actor-hmdb51", "diving48"):
+        return ["train", "test"]
+    root = Path(root) if root is not None else None
+    if root is None or not root.exists():
+        return None
+    if name == "kinetics400":
+        ann = root / "annotations" if (root / "annotations").is_dir() else root
+        return sorted({r.get("split") for f in ann.glob("*.csv")
+                       for r in csv.DictReader(io.StringIO(_read_text(f), newline=""))} - {None})
+    return [f.stem for f in ([root] if root.is_file() else sorted(root.glob("*.csv")))]
+
+
 def index_dataset(name: str = "synth", root: str | Path | None = None, split: int = 1,
                   synth: dict | None = None) -> DatasetIndex:
     """Index dataset ``name`` at ``root`` (raises DatasetError saying what is wrong).

@@ -10,6 +10,7 @@ from beray.data.datasets import DatasetError, DatasetIndex, index_dataset
 from beray.data.views import record_row
 from beray.eval.clips import ClipSpec
 from beray.eval.extract import RETRIEVAL_POOL, Features, cache_key, extract, load_cached, store_cached
+from beray.eval.fields import test_subsets
 from beray.eval.source import Source, backbone_of, classifier_of
 
 
@@ -39,10 +40,9 @@ class EvalContext:
 
     def test_subsets(self) -> list[str]:
         """``test``, or where a dataset has several test subsets (BackgroundBias-Synth), each of them."""
-        subs = self.index.subsets
-        names = ["test"] if "test" in subs else [s for s in subs if s.startswith("test")]
+        names = test_subsets(self.index.subsets)
         if not names:
-            raise DatasetError(f"{self.index.name} has no test subset (it has {', '.join(subs)})")
+            raise DatasetError(f"{self.index.name} has no test subset (it has {', '.join(self.index.subsets)})")
         return names
 
     def records(self, subset: str) -> list[dict]:

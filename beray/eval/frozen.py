@@ -12,12 +12,10 @@ from torch import Tensor
 
 from beray.data.datasets import DatasetError
 from beray.eval.context import EvalContext
+from beray.eval.fields import BACKGROUND, BACKGROUND_HEADS, BACKGROUND_SUBSETS, RECALL_AT
 from beray.eval.metrics import retrieval_recall, topk_accuracy
 from beray.eval.probe import head_scores
 from beray.eval.report import Report
-
-RECALL_AT = (1, 5, 10, 20, 50)
-
 
 def _common(ctx: EvalContext, start: float, *skipped_of) -> dict:
     skipped = {}
@@ -74,7 +72,7 @@ def background_scores(train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tenso
     ``unbiased`` (features of a split whose background is independent of the class), also
     ``unbiased_swapped``: heads fitted there, scored on ``test_swapped``, the motion the features hold."""
     out = {}
-    for head in ("knn", "linear"):
+    for head in BACKGROUND_HEADS:
         score = head_scores(head, *train, num_classes, k)
         out[head] = {name: topk_accuracy(score(x), y, (1,))[1] for name, (x, y) in tests.items()}
         out[head]["gap"] = out[head]["test_biased"] - out[head]["test_swapped"]
@@ -89,7 +87,7 @@ def background(ctx: EvalContext, k: int = 20) -> Report:
     biased ``train``, scored on ``test_biased`` and ``test_swapped``, their gap, and the same heads on
     static videos (one frame repeated, Sec. 4.5: high static accuracy is background reliance). (b) Motion:
     heads fitted on ``train_unbiased`` (background independent of the class), scored on ``test_swapped``."""
-    need = {"train", "test_biased", "test_swapped"}
+    need = set(BACKGROUND_SUBSETS)
     if not need <= set(ctx.index.subsets):
         raise DatasetError(f"background needs the subsets {', '.join(sorted(need))} (BackgroundBias-Synth has "
                            f"them: leave out --dataset); {ctx.index.name} has {', '.join(ctx.index.subsets)}")
@@ -104,8 +102,7 @@ def background(ctx: EvalContext, k: int = 20) -> Report:
     feats = dict(zip(["test_biased", "test_swapped", "static_biased", "static_swapped"], tests))
     scores = background_scores((train.x, train.labels), {n: (f.x, f.labels) for n, f in feats.items()},
                                ctx.num_classes, k, None if unbiased is None else (unbiased.x, unbiased.labels))
-    cols = ["test_biased", "test_swapped", "gap", "static_biased", "static_swapped"]
-    cols += ["unbiased_swapped"] if has_unbiased else []
+    cols = [c for c in BACKGROUND if has_unbiased or c != "unbiased_swapped"]
     rows = [[head, *(s[c] for c in cols)] for head, s in scores.items()]
     data = {**_common(ctx, t0, train, *tests, *([unbiased] if has_unbiased else [])), "k": k,
             "chance": 1 / ctx.num_classes, "results": scores}

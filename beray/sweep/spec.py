@@ -219,15 +219,35 @@ class Sweep(_Section):
         """Every trial's (point, seed, run config) for grid and random search; for Optuna, every listed value
         and both ends of every range. ConfigError naming the space field that makes an invalid run."""
         try:
-            self.run_config({}, 0, check_paths=check_paths)
+            base = self.run_config({}, 0, check_paths=check_paths)
         except ConfigError as e:
             raise ConfigError(f"base: {e}") from None
+        self.check_objective(base)
         if self.search.algorithm == "optuna":
             for key, dim in self.space.items():
                 for value in dim.corners():
                     _check(self, {key: value}, check_paths)
             return []
         return [(p, s, _check(self, p, check_paths)) for p in self.points() for s in self.seed_list]
+
+    def check_objective(self, base: Config) -> None:
+        """ConfigError unless the objective and every ``also:`` metric is a field the evaluation reports
+        on its dataset (``base``: the run config of the sweep's base, whose dataset it evaluates by default)."""
+        from beray.data.datasets import subset_names
+        from beray.eval.fields import BACKGROUND_SUBSETS, result_fields, unknown_field
+
+        e = self.eval
+        dataset, root = (e.dataset, e.root) if e.dataset else (base.data.dataset, e.root or base.data.root)
+        subsets = subset_names(dataset, root)
+        where = f"{e.mode} on {dataset}"
+        if e.mode == "background" and subsets is not None and not set(BACKGROUND_SUBSETS) <= set(subsets):
+            raise ConfigError(f"eval.mode: background needs BackgroundBias-Synth's subsets "
+                              f"({', '.join(BACKGROUND_SUBSETS)}); {dataset} has {', '.join(subsets)}")
+        fields = result_fields(e.mode, subsets)
+        for key, metric in [("objective.metric", self.objective.metric),
+                            *((f"objective.also[{i}]", m) for i, m in enumerate(self.objective.also))]:
+            if unknown_field(metric, fields):
+                raise ConfigError(f"{key}: {metric!r} is not a result of {where}; it reports: {', '.join(fields)}")
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")
