@@ -175,13 +175,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"epochs": 3, "batch_size": 8, "lr": 0.05, "lr_step": 2, "amp": False},
         "run": {"workers": 1, "cpus_per_worker": 1.0, "log_every": 5},
     },
-    # The evidence study on BackgroundBias-Synth (docs/results.md): a model that can learn the motion in
-    # a few hundred steps on 2 CPU cores. Measured with supervised training (clips in memory, 32 px):
-    # C3D x0.25 with AdamW learns the unbiased split's motion in about 20 epochs of 240 videos (test_swapped
-    # 0.97), where R3D-18 x0.125 needs about 60 (0.87), and SGD at lr 0.05 or 0.005 moves R3D-18 not at all in 20.
-    # MoCo's key encoder must follow within the run's ~500 steps: momentum 0.99, and a queue
-    # (128) smaller than the 240 training videos. Dropout 0.5 before a supervised head on C3D x0.25's
-    # 128 features keeps it at chance for 20 epochs (0.23 against 1.0 without): none here.
+    # The evidence study on BackgroundBias-Synth: a model that can learn its motion on 2 CPU cores
+    # (C3D with AdamW; docs/results.md, "The benchmark, calibrated"). A short run needs MoCo's key
+    # encoder to follow quickly (momentum 0.99) and a queue smaller than the training set; dropout
+    # before so small a head keeps a supervised model at chance.
     "cpu-synth": {
         "augment": {"size": 32},
         "method": {"queue_size": 128, "momentum": 0.99, "dropout": 0.0},

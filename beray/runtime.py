@@ -15,8 +15,8 @@ SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
 
 # glibc gives each thread its own malloc arena (up to 8 per core) and each arena keeps its
 # high-water mark, so under Ray's and Ray Data's threads resident memory ratchets up for tens of
-# thousands of clips. Two arenas: `python -m beray.bench soak`'s pipeline growth went from 1.05 to
-# 0.72 MB per 1,000 clips (2 cores, 20k clips). On a cluster, export it before `ray start` (README).
+# thousands of clips. Two arenas bound that (`python -m beray.bench soak` measures the growth).
+# On a cluster, export it before `ray start` (README).
 MALLOC_ARENA_MAX = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 

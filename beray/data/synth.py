@@ -18,8 +18,7 @@ background): ``background_pool`` draws each video's background from N textures
 per family shared by every video and split, ``object_pool`` draws the T's size
 and colour from N appearances, and ``camera_jitter`` lets the background drift up
 to that many pixels from its place, one pixel a frame at most (a hand-held
-camera), so that no frame of a video is its exact background. 0 turns each off
-(the first version's rendering).
+camera), so that no frame of a video is its exact background. 0 turns each off.
 
 The same config and seed give the same bytes, whatever the number of workers.
 """
@@ -42,7 +41,7 @@ from beray.data.encode import write_video
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise")
 FAMILIES = ("stripes", "checks", "rings", "dots", "waves", "blobs")  # family i is class i's own
-SPLITS = ("train", "test_biased", "test_swapped", "train_unbiased")  # appended: earlier splits keep their seeds
+SPLITS = ("train", "test_biased", "test_swapped", "train_unbiased")  # a split's seeds are its index
 UNBIASED = ("test_swapped", "train_unbiased")  # background family independent of the class
 VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 
@@ -117,7 +116,7 @@ def plan(config: SynthConfig) -> list[VideoSpec]:
         labels = np.repeat(np.arange(len(CLASSES)), config.per_class(split))
         rng = np.random.default_rng([config.seed, s])
         families = assign_families(labels, config.rho, rng, biased=split not in UNBIASED)
-        pools = np.random.default_rng([config.seed, s, 1])  # its own stream: pool 0 renders as version 1 did
+        pools = np.random.default_rng([config.seed, s, 1])  # its own stream: the pools leave the families' draws as they are
         bg_ids = pools.integers(0, config.background_pool, len(labels)) if config.background_pool else -np.ones_like(labels)
         obj_ids = pools.integers(0, config.object_pool, len(labels)) if config.object_pool else -np.ones_like(labels)
         specs += [VideoSpec(split, i, int(lab), int(f), int(b), int(o))

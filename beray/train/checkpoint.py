@@ -36,8 +36,9 @@ def save_state(directory: str | Path, model: nn.Module, optimizer, scheduler, sc
         "epoch": epoch,
         "global_step": global_step,
         "config": config,
-        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        # No CUDA RNG state: every epoch reseeds torch on every device (loop.epoch_seed), and a resume on
+        # fewer GPUs would have no device to restore it to.
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate()},
     }, tmp)
     os.replace(tmp, path)
     return path
@@ -61,8 +62,6 @@ def load_state(directory: str | Path, model: nn.Module, optimizer=None, schedule
     name, key, pos, has_gauss, gauss = rng["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
     return state
 
 

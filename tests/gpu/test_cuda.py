@@ -62,7 +62,7 @@ def test_two_step_training_on_a_gpu_worker(ray_cluster, tiny_synth, tmp_path, ov
     info = fit(cfg, name)
     assert info.metrics["steps"] == 2 and info.metrics["loss"] > 0
     state = torch.load(f"{info.checkpoint}/state.pt", map_location="cpu", weights_only=True)
-    assert state["rng"]["cuda"] is not None and state["scaler"]["scale"] > 0
+    assert "cuda" not in state["rng"] and state["scaler"]["scale"] > 0  # each epoch reseeds every device
     events = read_events(tmp_path / name / "tensorboard")
     assert "clips/x_o" in events and len(events["train/loss"]) == 2
 
