@@ -8,6 +8,8 @@ import os
 
 import ray
 
+from beray import console
+
 # Ray kills worker processes idle for 1 s by default; a decode task's process then pays the
 # imports of torch, torchvision and PyAV again at every epoch (seconds on a small machine).
 # Keep them for 10 minutes. On a cluster: `ray start --system-config=...` (README).
@@ -34,6 +36,9 @@ def cap_malloc_arenas(n: int = MALLOC_ARENA_MAX) -> None:
 def init_ray(**kwargs) -> dict:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local instance (no-op when connected)."""
     kwargs.setdefault("log_to_driver", True)
+    session = console.current()
+    if session is not None:
+        session.begin()  # from here on Ray's output goes to the command's log, beray's lines to the terminal
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         if address is None:
@@ -41,6 +46,8 @@ def init_ray(**kwargs) -> dict:
             os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train page
             cap_malloc_arenas()  # before the raylet starts: its workers inherit the setting
         info = ray.init(address=address, **kwargs).address_info
+        if session is not None:
+            session.started_ray = True
         pin_data_coordinator()
         return info
     return {}
@@ -60,6 +67,16 @@ def missing_local_gpus(per_worker: float, workers: int) -> str | None:
     return (f"run.gpus_per_worker={per_worker:g} with {workers} worker(s) needs {need:g} GPU(s), but this machine "
             f"has {have} and beray would start Ray on it; set run.gpus_per_worker=0, or join a cluster with GPUs "
             "(RAY_ADDRESS)")
+
+
+def waiting_for_gpus(per_worker: float, workers: int) -> str | None:
+    """What a run on a joined cluster waits for while the cluster has fewer GPUs than it asks (its autoscaler
+    may add GPU nodes); None when they are there."""
+    have, need = ray.cluster_resources().get("GPU", 0), per_worker * workers
+    if per_worker <= 0 or have >= need:
+        return None
+    return (f"waiting for {need:g} GPU(s) ({workers} worker(s) x {per_worker:g}): the cluster has {have:g} now, "
+            "and starts the run when its autoscaler adds GPU nodes (Ctrl-C stops)")
 
 
 def pin_data_coordinator() -> None:

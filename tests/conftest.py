@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,18 @@ def wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
             return True
         time.sleep(poll_s)
     return False
+
+
+# Every line that beray's train and sweep commands print, by its start: their own lines, the sweep's
+# report (markdown), and blank lines. Anything else on their console is Ray's and belongs in the log.
+BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|config|TensorBoard|resume): "
+                        r"|Ray's log: |warning: |error: |continue from |waiting for |\[\d\d:\d\d:\d\d\] "
+                        r"|# Sweep |objective: |\||best: |!\[|TensorBoard of every trial|$)")
+
+
+def foreign_lines(*outputs: str) -> list[str]:
+    """The lines of a command's stdout and stderr that beray did not print."""
+    return [line for out in outputs for line in out.splitlines() if not BERAY_LINE.match(line)]
 
 
 BITS = 8  # frame index encoded in 8 vertical black/white bands: survives lossy codecs

@@ -77,7 +77,7 @@ def test_a_bug_shows_its_traceback_and_exits_1(monkeypatch, capsys, tiny_synth, 
     from beray.train import __main__ as cli
     from beray.train import launch
 
-    def bug(cfg, name):
+    def bug(cfg, name, **options):
         raise ValueError("an internal error, not the user's")
 
     monkeypatch.setattr(launch, "fit", bug)

@@ -17,7 +17,7 @@ import yaml
 
 from beray.sweep.__main__ import main
 from beray.sweep.driver import max_concurrent
-from conftest import tiny_sweep, wait_for
+from conftest import foreign_lines, tiny_sweep, wait_for
 from beray.sweep.report import aggregate, write_report
 from beray.sweep.spec import Sweep, load_sweep
 
@@ -82,7 +82,8 @@ def test_random_points_are_reproducible_and_inside_the_space():
     sweep = Sweep.model_validate({"name": "r", "space": {"be.gamma": {"uniform": [0.1, 0.4]},
                                                          "optim.lr": {"loguniform": [1e-3, 1e-1]},
                                                          "data.stride": {"grid": [2, 4]}},
-                                  "search": {"algorithm": "random", "samples": 5, "seed": 3}, "seeds": [7, 8]})
+                                  "search": {"algorithm": "random", "samples": 5, "seed": 3}, "seeds": [7, 8],
+                                  "objective": {"metric": "test_swapped.top1"}})  # synth's test subsets
     points = sweep.points()
     assert len(points) == 10 and points == sweep.points()
     assert sorted({p["data.stride"] for p in points}) == [2, 4]
@@ -188,6 +189,7 @@ def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
     assert len(records) == 4 and all(r["status"] == "finished" for r in records)
     assert all(0 <= r["objective"] <= 1 for r in records)
     assert out.count("started   ") == 4 and out.count("finished  ") == 4 and "(4 done, 0 running, 0 pending)" in out
+    assert not foreign_lines(out, grid_sweep["err"]) and (results / "ray.log").is_file()  # Ray's lines: its log
     with open(results / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and {(r["be.gamma"], r["be.noise"]) for r in rows} == \
@@ -253,6 +255,8 @@ def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_i
     res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--resume"], env=env, capture_output=True,
                          text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr  # Ray's lines are in its log
+    assert "Ray's log: " in res.stderr and (results / "ray.log").stat().st_size > 0
     assert f"started   {done_id}" not in res.stdout  # the finished trial is not run again
     assert sorted((results / "runs" / done_id).glob("checkpoint_*")) == checkpoints
     by_timeout = {r["point"]["data.decode_timeout_s"]: r for r in _records(results)}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import registered_checkpoints, tiny_overrides
+from conftest import foreign_lines, registered_checkpoints, tiny_overrides, wait_for
 from tbevents import read_events
 
 from beray.config import load_config
@@ -33,8 +33,12 @@ def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, t
                           *sum((["--set", o] for o in tiny_overrides(tiny_synth, tmp_path, "cli")), [])],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "Started a local Ray instance" not in res.stdout + res.stderr  # it joined ours
     run_dir = tmp_path / "cli"
+    # the console holds beray's lines alone (the epoch lines of rank 0 among them); Ray's are in the run's log
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr
+    assert "epoch 2/2 done: loss" in res.stdout and res.stderr.strip().endswith(f"Ray's log: {run_dir / 'ray.log'} "
+                                                                                "(--verbose shows it live)")
+    assert "Connecting to existing Ray cluster" in (run_dir / "ray.log").read_text()  # it joined ours
     ckpts = _checkpoints(run_dir)
     assert len(ckpts) == 2
     state = torch.load(ckpts[-1] / STATE_FILE, weights_only=False)
@@ -130,3 +134,22 @@ def test_gpus_that_a_local_ray_would_not_have_are_refused_before_it_starts(tiny_
         "error: run.gpus_per_worker=1 with 1 worker(s) needs 1 GPU(s), but this machine has 0 and beray would "
         "start Ray on it; set run.gpus_per_worker=0, or join a cluster with GPUs (RAY_ADDRESS)"]
     assert "Ray instance" not in res.stdout + res.stderr and not (tmp_path / "gpu").exists()  # no Ray, no files
+
+
+def test_joining_a_cluster_without_the_gpus_says_once_that_it_waits(ray_cluster, tiny_synth, tmp_path):
+    out = tmp_path / "out.txt"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}  # an autoscaler could add GPU nodes: it waits
+    with open(out, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "beray.train", "--gpus-per-worker", "1", "--set",
+                                 f"data.root={tiny_synth}", "--set", f"run.storage={tmp_path}", "--set", "run.name=gpu"],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            said = wait_for(lambda: "waiting for" in out.read_text(), 120)
+            time.sleep(3)  # and it says it only once
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = out.read_text().splitlines()
+    assert said and [ln for ln in lines if "waiting" in ln] == [
+        "waiting for 1 GPU(s) (1 worker(s) x 1): the cluster has 0 now, and starts the run when its autoscaler "
+        "adds GPU nodes (Ctrl-C stops)"], lines

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+
+from beray import console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
     for p in (d, b, t, k, e, w):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        p.add_argument("--verbose", action="store_true", help="show Ray's own output live (default: a log file)")
     args = parser.parse_args(argv)
     if getattr(args, "device", None) == "cuda":
         import torch
@@ -54,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": lambda: bench.run(args.epochs),
         "soak": lambda: bench.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json),
     }
-    res = runs[args.name]()
-    if args.json:
-        print(json.dumps(res))
-    else:
-        bench.print_table(res)
+    with console.session("bench", args.verbose):
+        res = runs[args.name]()
+        with contextlib.redirect_stdout(console.out()):  # the table is beray's: on the terminal
+            if args.json:
+                print(json.dumps(res))
+            else:
+                bench.print_table(res)
     return 0
 
 

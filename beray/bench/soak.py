@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from beray import console
 from beray.bench.decode import ucf_like_videos
 from beray.data.video import read_clip
 
@@ -67,7 +68,7 @@ def soak_reader(clips: int, every: int, progress: bool = True) -> dict:
     rng = np.random.default_rng(0)
     samples = []
     t0 = time.perf_counter()
-    for i in tqdm(range(clips), desc="reader soak", unit="clip", disable=not progress):
+    for i in tqdm(range(clips), desc="reader soak", unit="clip", disable=not progress, file=console.err()):
         read_clip(paths[i % len(paths)], 16, 4, start="random", size=128, rng=rng)
         if i % every == 0:
             samples.append((i, private_mb()))
@@ -99,7 +100,7 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
     driver, workers, bookkeeping, epoch_ends = [], [], [], []
     seen, next_sample, epochs = 0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(total=clips, desc="pipeline soak", unit="clip", disable=not progress)
+    bar = tqdm(total=clips, desc="pipeline soak", unit="clip", disable=not progress, file=console.err())
     while seen < clips:
         ray.get(state.set_epoch.remote(epochs))
         epochs += 1

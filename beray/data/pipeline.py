@@ -55,12 +55,20 @@ class NoiseSpec:
 
 @ray.remote(num_cpus=0)
 class RunData:
-    """A run's data state: the epoch being drawn, and the unreadable videos (path -> reason)."""
+    """A run's data state: the epoch being drawn, the unreadable videos (path -> reason), and the lines
+    rank 0 has for the driver's terminal (beray's console: Ray's own output goes to a log)."""
 
     def __init__(self):
         self.epoch = 0
         self.new: dict[str, str] = {}
         self.total: dict[str, str] = {}
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def lines_from(self, n: int) -> list[str]:
+        return self.lines[n:]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -230,6 +230,8 @@ def generate(out_dir: str | Path, config: SynthConfig = SynthConfig(), workers: 
     ``classes.txt``, ``synth.json`` (the config) and ``preview.png``. Returns ``out_dir``."""
     from tqdm import tqdm
 
+    from beray import console
+
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / "synth.json").exists():
         raise FileExistsError(f"{out} is not empty and holds no BackgroundBias-Synth; choose a new folder")
@@ -240,7 +242,8 @@ def generate(out_dir: str | Path, config: SynthConfig = SynthConfig(), workers: 
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         jobs.append((spec, config, str(out / rel)))
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(jobs), desc="BackgroundBias-Synth", unit="video", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="BackgroundBias-Synth", unit="video", disable=not progress,
+               file=console.err())
     if workers == 1:
         for job in jobs:
             _write_one(job)

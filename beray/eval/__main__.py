@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from beray import console
+from beray.console import say
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m beray.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="extract features again even when cached")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output live (default: RUN/eval/ray.log)")
     return p
 
 
@@ -53,21 +57,22 @@ def main(argv: list[str] | None = None) -> int:
                        splits=args.splits, overrides=args.overrides, k=args.k, clips=args.clips, videos=args.videos,
                        batch_size=args.batch_size, actors=args.actors, progress=not args.quiet,
                        use_cache=not args.no_cache)
-    try:
-        reports = evaluate(args.mode, args.checkpoint, opts)
-    except USER_ERRORS as e:  # the user's input: one message
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    for stem, report, eval_dir in reports:
-        js, md = report.write(eval_dir, stem)
-        if args.json:
-            print(js.read_text())
-        else:
-            print("\n" + report.markdown())
-            print(f"written: {js}\n         {md}" + "".join(f"\n         {f}" for f in report.files))
+    with console.session("eval", args.verbose):
+        try:
+            reports = evaluate(args.mode, args.checkpoint, opts)
+        except USER_ERRORS as e:  # the user's input: one message
+            say(f"error: {e}", error=True)
+            return 2
+        except KeyboardInterrupt:
+            say("\ninterrupted", error=True)
+            return 130
+        for stem, report, eval_dir in reports:
+            js, md = report.write(eval_dir, stem)
+            if args.json:
+                say(js.read_text())
+            else:
+                say("\n" + report.markdown())
+                say(f"written: {js}\n         {md}" + "".join(f"\n         {f}" for f in report.files))
     return 0
 
 

@@ -129,6 +129,8 @@ def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], 
     clips sampled as the job's spec: one Ray Data pass for all jobs, one ``Features`` per job."""
     from tqdm import tqdm
 
+    from beray import console
+
     from beray.data.pipeline import RunData
     from beray.runtime import init_ray
 
@@ -154,7 +156,8 @@ def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], 
     cut = any(spec.sampling == "cut" for spec in specs)  # clips per video known only once decoded
     total = None if cut else sum(len(r) * (s.clips if s.sampling == "uniform" else 1) for r, s in jobs)
     out: dict[str, list[np.ndarray]] = {"feature": [], "job": [], "label": [], "video": [], "clip": []}
-    with tqdm(total=total, desc=desc, unit="clip", disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, unit="clip", disable=not progress, mininterval=1.0, dynamic_ncols=True,
+              file=console.err()) as bar:
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for k in out:
                 out[k].append(b[k])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from beray.config import Config, ConfigError, load_config
+from beray.console import say
 from beray.data.datasets import index_dataset
 from beray.eval.context import EvalContext
 from beray.eval.metrics import clip_average, topk_accuracy
@@ -43,9 +44,10 @@ def finetune(source: Source, split: int, opts) -> Report:
 
     t0 = time.perf_counter()
     cfg = finetune_config(source, opts.dataset, opts.root, split, opts.overrides)
-    print(f"fine-tuning {source.describe()} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
-          f"lr {cfg.optim.lr}, run {source.eval_dir / cfg.run.name}", flush=True)
-    info = fit(cfg, cfg.run.name)
+    if opts.progress:
+        say(f"fine-tuning {source.describe()} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
+            f"lr {cfg.optim.lr}, run {source.eval_dir / cfg.run.name}")
+    info = fit(cfg, cfg.run.name, echo=opts.progress)
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
     tuned = open_checkpoint(info.checkpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beray import console
 from beray.config import ConfigError
 from beray.data.datasets import DatasetError
 from beray.data.video import VideoReadError
@@ -48,6 +49,8 @@ def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions(
     if min(opts.k, opts.clips, opts.videos, opts.batch_size) < 1:
         raise ConfigError("--k, --clips, --videos and --batch-size must be >= 1")
     source = open_checkpoint(checkpoint)
+    if (session := console.current()) is not None:
+        session.log_in(source.eval_dir)  # Ray's output beside the results
     if mode == "finetune":
         from beray.eval.finetune import finetune_splits
 

@@ -12,6 +12,9 @@ import argparse
 import os
 import sys
 
+from beray import console
+from beray.console import say
+
 
 def _dry_run(sweep) -> None:
     from beray.sweep.driver import results_dir, trial_resources
@@ -21,24 +24,24 @@ def _dry_run(sweep) -> None:
     held, decode, gpus = trial_resources(sweep)
     r = sweep.resources
     cfg = sweep.run_config({}, 0, check_paths=False)
-    print(f"sweep {sweep.name}: {sweep.search.algorithm} search, {sweep.scheduler.name} scheduler, "
+    say(f"sweep {sweep.name}: {sweep.search.algorithm} search, {sweep.scheduler.name} scheduler, "
           f"objective {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), seeds {sweep.seed_list}")
-    print(f"base: {cfg.method_summary()} on {cfg.data.dataset} "
+    say(f"base: {cfg.method_summary()} on {cfg.data.dataset} "
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
-    print(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
+    say(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
           + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"
           + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus {decode:g} per decode task; at most "
           + (str(r.max_concurrent) if r.max_concurrent else "as many as the cluster holds") + " at once")
     if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
-        print(f"note: data.root {cfg.data.root} is not on this machine; it must be where the sweep runs")
+        say(f"note: data.root {cfg.data.root} is not on this machine; it must be where the sweep runs")
     if trials:
-        print(f"\n{len(trials)} trial(s):")
+        say(f"\n{len(trials)} trial(s):")
         for i, (point, seed, _) in enumerate(trials, 1):
-            print(f"  {i:>3}  {describe(point, seed)}")
+            say(f"  {i:>3}  {describe(point, seed)}")
     else:
-        print(f"\n{sweep.search.samples} point(s) chosen by Optuna TPE, each with {len(sweep.seed_list)} seed(s); "
+        say(f"\n{sweep.search.samples} point(s) chosen by Optuna TPE, each with {len(sweep.seed_list)} seed(s); "
               "every listed value and both ends of every range make a valid run")
-    print(f"\nresults: {results_dir(sweep)} (no Ray started)")
+    say(f"\nresults: {results_dir(sweep)} (no Ray started)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         from beray.sweep.report import write_report
 
         if not os.path.isfile(os.path.join(os.path.expanduser(args.results), "sweep.yaml")):
-            print(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", file=sys.stderr)
+            say(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", error=True)
             return 2
-        print(write_report(args.results))
+        say(write_report(args.results))
         return 0
     p = argparse.ArgumentParser(prog="python -m beray.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,24 +66,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a field of the sweep file; base.set.a.b=c reaches every trial's run config")
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped")
     p.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output live (default: RESULTS/ray.log)")
     args = p.parse_args(argv)
     from beray.sweep.spec import load_sweep
 
-    try:
-        sweep = load_sweep(args.sweep, args.overrides)
-        if args.dry_run:
-            _dry_run(sweep)
-            return 0
-        sweep.validate_trials()  # every trial's config, data root included, before Ray starts
-        from beray.sweep.driver import run_sweep
+    with console.session("sweep", args.verbose) as session:  # the error lines before the log's name
+        try:
+            sweep = load_sweep(args.sweep, args.overrides)
+            if args.dry_run:
+                _dry_run(sweep)
+                return 0
+            sweep.validate_trials()  # every trial's config, data root included, before Ray starts
+            from beray.sweep.driver import results_dir, run_sweep
 
-        print(run_sweep(sweep, resume=args.resume))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m beray.sweep {args.sweep} --resume", file=sys.stderr)
-        return 130
+            session.log_in(results_dir(sweep))
+            say(run_sweep(sweep, resume=args.resume))
+        except ConfigError as e:
+            say(f"error: {e}", error=True)
+            return 2
+        except KeyboardInterrupt:
+            say(f"\ninterrupted; continue with: python -m beray.sweep {args.sweep} --resume", error=True)
+            return 130
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
+from beray.console import say
 from beray.sweep.report import read_records
 from beray.sweep.spec import Sweep
 from beray.sweep.trial import point_and_seed
@@ -71,9 +72,8 @@ class SweepProgress(Callback):
         """``text`` with the counts, also set on the ``beray_sweep_trials`` gauge."""
         counts = self._publish(trials)
         done = counts["finished"] + counts["stopped"] + counts["failed"]
-        sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {text}   ({done} done, {counts['running']} running, "
-                         f"{counts['pending']} pending)\n")
-        sys.stdout.flush()
+        say(f"[{time.strftime('%H:%M:%S')}] {text}   ({done} done, {counts['running']} running, "
+            f"{counts['pending']} pending)")
 
     def _label(self, trial) -> str:
         point, seed = point_and_seed(trial.config, self.sweep)

@@ -7,6 +7,7 @@ a local folder or any URI Ray Train accepts.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ import yaml
 
 from beray import storage as st
 from beray.config import Config, ConfigError, resume_changes, to_yaml
-from beray.runtime import init_ray, missing_local_gpus
+from beray.console import say
+from beray.runtime import init_ray, missing_local_gpus, waiting_for_gpus
 
 
 @dataclass
@@ -36,9 +38,10 @@ def run_dir(cfg: Config, name: str) -> str:
     return st.join(st.resolve(cfg.run.storage), name)
 
 
-def make_trainer(cfg: Config, name: str, callbacks: list = ()):
+def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = False):
     """The TorchTrainer of run ``name`` (resuming when its storage holds checkpoints), with Ray
-    Train ``callbacks``. Raises DatasetError before Ray starts when the data is not there."""
+    Train ``callbacks``; ``echo``: rank 0's lines go to the driver's terminal (``fit`` prints them).
+    Raises DatasetError before Ray starts when the data is not there."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -66,6 +69,8 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
     except (OSError, pa.ArrowException) as e:
         raise ConfigError(f"run.storage: cannot write the run's files to {directory}: {e}") from None
     init_ray()
+    if waiting := waiting_for_gpus(cfg.run.gpus_per_worker, cfg.run.workers):
+        say(waiting)  # once: Ray Train itself waits without a word
     state = run_data(name)  # the run's epoch and skipped videos; the handles below keep it alive
     use_gpu = cfg.run.gpus_per_worker > 0
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": cfg.run.gpus_per_worker} if use_gpu else {})}
@@ -74,7 +79,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": name, "run_data": state,
-                           "tensorboard": st.join(directory, "tensorboard")},
+                           "tensorboard": st.join(directory, "tensorboard"), "echo": echo},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -84,20 +89,44 @@ def make_trainer(cfg: Config, name: str, callbacks: list = ()):
     )
 
 
-def fit(cfg: Config, name: str | None = None, callbacks: list = ()) -> RunInfo:
-    """Pretrain ``cfg`` with ``cfg.run.workers`` Ray Train workers; resumes when ``name`` has checkpoints."""
+def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool = False) -> RunInfo:
+    """Pretrain ``cfg`` with ``cfg.run.workers`` Ray Train workers; resumes when ``name`` has checkpoints.
+    ``echo``: print rank 0's epoch lines here, as they come."""
     name = name or run_name(cfg)
-    trainer = make_trainer(cfg, name, callbacks)
+    trainer = make_trainer(cfg, name, callbacks, echo)
     state = trainer.train_loop_config["run_data"]
+    stop = threading.Event()
+    printer = threading.Thread(target=_echo, args=(state, stop), daemon=True)
+    if echo:
+        printer.start()
     try:
         result = trainer.fit()
     finally:
+        stop.set()
+        if echo:
+            printer.join()
         skipped = ray.get(state.all.remote())
         ray.kill(state)
     metrics = dict(result.metrics or {})
     metrics["skipped_total"] = len(skipped)
     metrics["history"] = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
     return RunInfo(name, run_dir(cfg, name), result.checkpoint.path if result.checkpoint else None, metrics)
+
+
+def _echo(state, stop: threading.Event, every_s: float = 0.5) -> None:
+    """Print the lines rank 0 sends to ``state`` (a ``RunData``) until ``stop``, then the last of them."""
+    shown = 0
+    while True:
+        stopping = stop.wait(every_s)
+        try:
+            lines = ray.get(state.lines_from.remote(shown))
+        except ray.exceptions.RayError:  # the run's state is gone with its node: the run itself says why
+            return
+        for line in lines:
+            say(line)
+        shown += len(lines)
+        if stopping:
+            return
 
 
 def load_run_config(directory: str) -> Config:

@@ -61,6 +61,15 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     use_amp = o.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    data = config["run_data"]
+
+    def tell(line: str) -> None:
+        """Rank 0's line for the user: to the driver, which prints it on its terminal, or to the worker's log."""
+        if config.get("echo"):
+            data.say.remote(line)
+        else:
+            say(line)
+
     start_epoch, global_step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -68,13 +77,12 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             state = load_state(d, model, optimizer, scheduler, scaler)
         start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
         if rank == 0:
-            say(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
+            tell(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
 
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     shard = ray.train.get_dataset_shard("train")
-    data = config["run_data"]
     per_worker = o.batch_size // world
-    monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every)
+    monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every, tell)
     history = []
 
     for epoch in range(start_epoch, o.epochs):

@@ -15,8 +15,8 @@ STARVED = 0.2  # fraction of step time waiting for data above which the loop say
 
 
 def say(line: str) -> None:
-    """One line to the worker's own stdout, which Ray forwards to the driver once (Ray Train's
-    patched ``print`` would also log it, and the driver would show it twice)."""
+    """One line to the worker's own stdout, which goes to Ray's worker log (and to the driver with
+    ``log_to_driver``); Ray Train's patched ``print`` would also log it, and the driver show it twice."""
     sys.__stdout__.write(line + "\n")
     sys.__stdout__.flush()
 
@@ -25,8 +25,8 @@ class Monitor:
     """``log_dir`` is a local folder or a URI (then TensorBoard writes to a local folder that is
     uploaded there at the end of every epoch)."""
 
-    def __init__(self, log_dir: str, run_name: str, rank: int, epochs: int, log_every: int):
-        self.rank, self.epochs, self.log_every = rank, epochs, log_every
+    def __init__(self, log_dir: str, run_name: str, rank: int, epochs: int, log_every: int, tell=say):
+        self.rank, self.epochs, self.log_every, self.say = rank, epochs, log_every, tell
         self.tags = {"run": run_name, "rank": str(rank)}
         self.writer, self.upload_to = None, None
         if rank == 0:
@@ -51,7 +51,7 @@ class Monitor:
         if self.writer is not None and global_step % self.log_every == 0:
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, global_step)
-            say(f"epoch {epoch + 1}/{self.epochs}  step {step + 1}  loss {values['loss']:.4f}  "
+            self.say(f"epoch {epoch + 1}/{self.epochs}  step {step + 1}  loss {values['loss']:.4f}  "
                   f"lr {values['lr']:.4g}  clips/s {values['clips_per_s']:.1f}  "
                   f"data wait {100 * values['data_wait_fraction']:.0f}%")
 
@@ -84,12 +84,12 @@ class Monitor:
         if skipped:
             line += f"  skipped {len(skipped)} unreadable video(s): " + "; ".join(
                 f"{p} ({r})" for p, r in sorted(skipped.items()))
-        say(line)
+        self.say(line)
         # Judged after the first batch: the first waits for the epoch's pipeline to start, which more
         # decode CPUs would not shorten.
         steady = values.get("data_wait_after_first", values["data_wait_fraction"])
         if steady > STARVED:
-            say(f"warning: the GPU/CPU waited for data {100 * steady:.0f}% of the step "
+            self.say(f"warning: the GPU/CPU waited for data {100 * steady:.0f}% of the step "
                   "time; give decoding more CPUs (--set data.decode_concurrency=N, data.decode_cpus) or decode "
                   "smaller frames (--set data.decode_size=...)")
 
