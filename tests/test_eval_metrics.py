@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from beray.eval.frozen import background_scores
-from beray.eval.metrics import (betainc, clip_average, knn_scores, pearson, per_class_accuracy, retrieval_recall,
+from beray.eval.metrics import (clip_average, knn_scores, pearson, per_class_accuracy, retrieval_recall,
                                 topk_accuracy)
 from beray.eval.probe import LinearProbe
 from beray.eval.static_bias import relative_improvement
@@ -70,13 +70,6 @@ def test_pearson_matches_the_closed_forms_of_its_null_distribution():
     assert rho < 0 and pearson(x, -y)[0] == pytest.approx(-rho)
     assert math.isnan(pearson(x, torch.zeros(6))[0])  # a constant sample has no correlation
     assert pearson(torch.arange(8.0), 2 * torch.arange(8.0) + 1) == pytest.approx((1.0, 0.0), abs=1e-12)
-
-
-def test_betainc_against_hand_values():
-    assert betainc(1, 1, 0.37) == pytest.approx(0.37)
-    assert betainc(2, 1, 0.5) == pytest.approx(0.25)  # I_x(a, 1) = x^a
-    assert betainc(3.5, 2.5, 0.3) == pytest.approx(1 - betainc(2.5, 3.5, 0.7), abs=1e-12)  # symmetry
-    assert betainc(2, 2, 0.0) == 0 and betainc(2, 2, 1.0) == 1
 
 
 def test_per_class_accuracy_and_relative_improvement_by_hand():

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -65,33 +64,10 @@ def pearson(x: Tensor, y: Tensor) -> tuple[float, float]:
     if x.norm() == 0 or y.norm() == 0:  # a constant sample: rho is undefined
         return float("nan"), float("nan")
     rho = max(-1.0, min(1.0, float((x @ y) / (x.norm() * y.norm()))))
+    from scipy.special import betainc
+
     a = n / 2 - 1
-    return rho, min(1.0, 2 * betainc(a, a, (1 - abs(rho)) / 2))
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b) (Numerical Recipes' continued fraction)."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point: use the symmetry
-        return 1.0 - betainc(b, a, 1 - x)
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
-            c = 1.0 + num / c
-            c = c if abs(c) > 1e-300 else 1e-300
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return front * h / a
+    return rho, min(1.0, 2 * float(betainc(a, a, (1 - abs(rho)) / 2)))
 
 
 def per_class_accuracy(scores: Tensor, labels: Tensor, num_classes: int) -> Tensor:
