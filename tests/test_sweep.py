@@ -128,6 +128,8 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
          "objective.also[1]: 'test_swapped.R@1' is not a result of knn on synth"),
         ({"eval": {"mode": "retrieve", "dataset": "ucf101", "root": "/no/such/ucf101"}},
          "objective.metric: 'test_swapped.top1' is not a result of retrieve on ucf101; it reports: test.R@1, "),
+        ({"baseline": {"be.beta": 0}}, "baseline.be.beta is not a field of the space (be.gamma)"),
+        ({"baseline": {"be.gamma": 0.5}}, "baseline.be.gamma = 0.5 is not one of its values [0.0, 0.3]"),
         ({"eval": {"mode": "background"}, "base": {"set": {"data.dataset": "ucf101", "data.root": "."}},
           "objective": {"metric": "knn.gap"}}, "eval.mode: background needs BackgroundBias-Synth's subsets"),
     ]
@@ -164,15 +166,52 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
         (tmp_path / "trials" / f"t{i}.json").write_text(json.dumps(r))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump()))
     md = write_report(tmp_path)
-    assert "best: be.gamma=0.3 (test.top1 0.6000 +- 0.1000, n=3)" in md
+    # gamma 0 (the first of the grid) is the baseline; gamma 0.3 shares one finished seed with it (whose
+    # record has no top-5: nothing to pair there)
+    assert "| 0.3 | 0.6000 | 0.1000 | 3 | +0.100 | 0.8000 | 0.1000 | - | - |" in md
+    assert "highest mean test.top1: be.gamma=0.3 (0.6000 +- 0.1000, n=3); with fewer than 3 paired" in md
+    assert "best:" not in md
     with open(tmp_path / "results.csv") as fh:
-        table = list(csv.reader(fh))
-    assert table[1][:4] == ["0.3", "0.6", "0.1", "3"] or [table[1][0], *map(float, table[1][1:3]), table[1][3]] == \
-        ["0.3", pytest.approx(0.6), pytest.approx(0.1), "3"]
-    assert table[0][4:6] == ["test.top5 (mean)", "test.top5 std"]  # every metric with its spread over seeds
-    assert [float(x) for x in table[1][4:6]] == [pytest.approx(0.8), pytest.approx(0.1)]
-    assert "1 stopped early" in table[2][-1] and "1 failed: ValueError: boom" in table[3][-1]
+        table = list(csv.DictReader(fh))
+    assert float(table[0]["test.top1 mean"]) == pytest.approx(0.6) and float(table[0]["test.top1 std"]) == \
+        pytest.approx(0.1) and table[0]["test.top1 n"] == "3"
+    assert float(table[0]["test.top5 mean"]) == pytest.approx(0.8)  # every metric with its spread and pairs
+    assert float(table[0]["test.top1 diff"]) == pytest.approx(0.1) and table[0]["test.top1 pairs"] == "1"
+    assert table[0]["test.top5 pairs"] == "0" and table[0]["test.top1 diff_lo"] == ""  # one pair: no interval
+    assert table[1]["test.top1 pairs"] == "0"  # the baseline itself
+    assert "1 stopped early" in table[1]["notes"] and "1 failed: ValueError: boom" in table[2]["notes"]
     assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "results.md").is_file()
+
+
+def _write(results: Path, sweep: Sweep, values: dict) -> str:
+    """Records of ``values`` (point value -> objective per seed) under ``results``; the report's markdown."""
+    (results / "trials").mkdir(parents=True)
+    key = next(iter(sweep.space))
+    for value, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            (results / "trials" / f"{value}-{seed}.json").write_text(json.dumps(
+                {"point": {key: value}, "seed": seed, "status": "finished", "objective": v}))
+    (results / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump()))
+    return write_report(results)
+
+
+def test_the_report_pairs_trials_by_seed_and_marks_only_intervals_that_exclude_0(tmp_path):
+    sweep = Sweep.model_validate({"name": "p", "space": {"be.noise": {"grid": ["none", "gaussian", "fame"]}},
+                                  "seeds": 3, "objective": {"metric": "test.top1"}})
+    # Seeds move every point together (0.2, 0.5, 0.8): unpaired, the spread hides it; paired, gaussian is
+    # +0.12 +- 0.02 (t(0.975, 2) = 4.3027: half-width 0.0497) and fame +0.2 +- 0.1 (half-width 0.2484).
+    md = _write(tmp_path / "a", sweep, {"none": [0.2, 0.5, 0.8], "gaussian": [0.30, 0.64, 0.92],
+                                        "fame": [0.3, 0.7, 1.1]})
+    assert "| gaussian | 0.6200 | 0.3105 | 3 | +0.120 [+0.070, +0.170] * |" in md
+    assert "| fame | 0.7000 | 0.4000 | 3 | +0.200 [-0.048, +0.448] |" in md and "| none | 0.5000 | 0.3000 | 3 | baseline |" in md
+    assert "2 comparison(s), 1 marked" in md
+    assert "best: be.noise=gaussian (test.top1 0.6200 +- 0.3105, n=3): its paired difference" in md  # not fame
+    md = _write(tmp_path / "b", sweep.model_copy(update={"baseline": {"be.noise": "fame"}}),
+                {"none": [0.2, 0.5], "gaussian": [0.3, 0.6], "fame": [0.3, 0.7]})
+    assert "| none | 0.3500 | 0.2121 | 2 | -0.100, -0.200 |" in md and "no interval below 3 pairs" in md  # two pairs
+    md = _write(tmp_path / "c", sweep, {"none": [0.25], "gaussian": [0.2], "fame": [0.2]})
+    assert "| none | 0.2500 | 0.0000 | 1 | baseline |" in md and "| gaussian | 0.2000 | 0.0000 | 1 | -0.050 |" in md
+    assert "one seed cannot rank the points" in md and "best" not in md
 
 
 # -- real sweeps on the session's Ray ---------------------------------------------------------------
@@ -195,7 +234,7 @@ def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
     assert len(rows) == 4 and {(r["be.gamma"], r["be.noise"]) for r in rows} == \
         {("0", "intra_frame"), ("0", "gaussian"), ("0.3", "intra_frame"), ("0.3", "gaussian")}
     assert all(r["n"] == "1" for r in rows)
-    assert (results / "results.png").is_file() and "best: " in (results / "results.md").read_text()
+    assert (results / "results.png").is_file() and "one seed cannot rank" in (results / "results.md").read_text()
     runs = sorted((results / "runs").iterdir())  # one run dir per trial: one tensorboard --logdir for all
     assert len(runs) == 4 and all((r / "tensorboard").is_dir() and (r / "eval" / "knn-synth-split1.json").is_file()
                                   for r in runs)

@@ -1,12 +1,16 @@
-"""The sweep's report: trials aggregated per point over seeds (mean, standard deviation, n), sorted by
-the objective, early-stopped and failed trials marked, the best configuration, published numbers
-beside them where the sweep names them; ``results.csv``, ``results.md`` and ``results.png``."""
+"""The sweep's report: trials aggregated per point over seeds (mean, standard deviation, n), and each
+point's difference from the baseline point taken seed by seed: trials that share a seed share their
+data, noise and initial weights, so their differences are paired. From 3 pairs on, a paired 95%
+interval (Student t) is given and marked where it excludes 0; with 2 both differences, with 1 the one.
+Early-stopped and failed trials are marked, published numbers shown beside them where the sweep names
+them; ``results.csv``, ``results.md`` and ``results.png``."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +18,9 @@ import yaml
 
 from beray.eval.report import markdown_table
 from beray.sweep.spec import Sweep
+
+LEVEL = 0.95  # of the paired intervals
+MIN_PAIRS = 3  # pairs before an interval: scores move in steps of one test video, two equal ones give width 0
 
 
 @dataclass
@@ -24,6 +31,8 @@ class PointResult:
     stopped: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # of ``values``, in order
+    also_seeds: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -38,26 +47,74 @@ class PointResult:
         """Sample standard deviation over seeds (0 with one seed, NaN with none)."""
         if self.n < 2:
             return 0.0 if self.n else math.nan
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+        return statistics.stdev(self.values)
 
     def of(self, metric: str | None = None) -> "PointResult":
         """The same point with ``metric`` (an ``also:`` metric; None: the objective) as its values."""
-        return self if metric is None else PointResult(self.point, self.also.get(metric, []))
+        if metric is None:
+            return self
+        return PointResult(self.point, self.also.get(metric, []), seeds=self.also_seeds.get(metric, []))
+
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values))
+
+
+@dataclass
+class Paired:
+    """A point's differences from its baseline, one per seed both finished (Sec. 4's ablations, as pairs)."""
+
+    diffs: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs) if self.diffs else math.nan
+
+    def interval(self) -> tuple[float, float] | None:
+        """The paired ``LEVEL`` interval of the mean difference (Student t, n - 1 degrees of freedom)."""
+        if self.n < MIN_PAIRS:
+            return None
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + LEVEL / 2, self.n - 1)) * statistics.stdev(self.diffs) / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def marked(self) -> bool:
+        ci = self.interval()
+        return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+    def cell(self) -> str:
+        if not self.diffs:
+            return "-"
+        if self.n < MIN_PAIRS:
+            return ", ".join(f"{d:+.3f}" for d in self.diffs)
+        lo, hi = self.interval()
+        return f"{self.mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if self.marked else "")
+
+
+def paired(p: PointResult, base: PointResult) -> Paired:
+    theirs = base.by_seed()
+    return Paired([v - theirs[s] for s, v in p.by_seed().items() if s in theirs])
 
 
 def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
-    """Trial records -> one PointResult per point, best first (by mean objective; no result last)."""
+    """Trial records -> one PointResult per point, best mean first (no result last)."""
     points: dict[str, PointResult] = {}
     for r in records:
         key = json.dumps(r["point"], sort_keys=True)
         p = points.setdefault(key, PointResult(dict(r["point"])))
         if r["status"] == "finished":
             p.values.append(float(r["objective"]))
+            p.seeds.append(int(r.get("seed", len(p.seeds))))
             for name in sweep.objective.also:
                 v = r.get("results", {}).get(name.replace(".", "/"))
                 if v is not None:
                     p.also.setdefault(name, []).append(float(v))
+                    p.also_seeds.setdefault(name, []).append(p.seeds[-1])
         elif r["status"] == "stopped":
             p.stopped += 1
         elif r["status"] == "failed":
@@ -65,6 +122,16 @@ def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
             p.errors.append((r.get("error") or "?").strip().splitlines()[-1])
     sign = -1 if sweep.objective.mode == "max" else 1
     return sorted(points.values(), key=lambda p: (p.n == 0, sign * p.mean if p.n else 0.0))
+
+
+def baselines(rows: list[PointResult], sweep: Sweep) -> dict[int, PointResult | None]:
+    """Row index -> the row it is compared with (None: none, or it is its own baseline)."""
+    out = {}
+    for i, p in enumerate(rows):
+        target = sweep.baseline_of(p.point)
+        base = next((q for q in rows if q.point == target), None) if target is not None else None
+        out[i] = None if base is p else base
+    return out
 
 
 def read_records(results: Path) -> list[dict]:
@@ -77,23 +144,114 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _describe(point: dict) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+
+
+def _notes(p: PointResult) -> str:
+    return ", ".join(x for x in (f"{p.stopped} stopped early" if p.stopped else "",
+                                 f"{p.failed} failed: {p.errors[0][:80]}" if p.failed else "") if x) or "-"
+
+
 def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]:
-    keys = list(sweep.space)
-    ref = sweep.reference
-    headers = [*keys, f"{sweep.objective.metric} (mean)", "std", "n",
-               *(h for a in sweep.objective.also for h in (f"{a} (mean)", f"{a} std")), "notes"]
-    if ref is not None:
-        headers.insert(len(keys) + 3, f"reference: {ref.title}")
+    """The markdown table: per metric its mean, std and paired difference from the baseline."""
+    keys, ref, bases = list(sweep.space), sweep.reference, baselines(rows, sweep)
+    compared = any(b is not None for b in bases.values())
+    headers = list(keys)
+    for i, m in enumerate([sweep.objective.metric, *sweep.objective.also]):
+        headers += [f"{m} (mean)", "std" if i == 0 else f"{m} std", *(["n"] if i == 0 else []),
+                    *([f"{m} - baseline"] if compared else [])]
+        if i == 0 and ref is not None:
+            headers.append(f"reference: {ref.title}")
+    headers.append("notes")
     out = []
-    for p in rows:
-        notes = ", ".join(x for x in (f"{p.stopped} stopped early" if p.stopped else "",
-                                      f"{p.failed} failed: {p.errors[0][:80]}" if p.failed else "") if x)
-        row = [_fmt(p.point.get(k)) for k in keys] + [p.mean, p.std, p.n]
-        if ref is not None:
-            row.append(ref.values.get(str(p.point.get(ref.param)), "-"))
-        row += [x for a in sweep.objective.also for x in (p.of(a).mean, p.of(a).std)]
-        out.append(row + [notes or "-"])
+    for i, p in enumerate(rows):
+        row = [_fmt(p.point.get(k)) for k in keys]
+        for j, metric in enumerate([None, *sweep.objective.also]):
+            q = p.of(metric)
+            row += [q.mean, q.std, *([p.n] if j == 0 else [])]
+            if compared:
+                base = bases[i]
+                row.append(paired(q, base.of(metric)).cell() if base is not None else
+                           "baseline" if sweep.baseline_of(p.point) == p.point else "-")
+            if j == 0 and ref is not None:
+                row.append(ref.values.get(str(p.point.get(ref.param)), "-"))
+        out.append(row + [_notes(p)])
     return headers, out
+
+
+def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]:
+    """``results.csv``: per metric mean, std, n, and the paired difference's mean, interval and pairs."""
+    keys, bases = list(sweep.space), baselines(rows, sweep)
+    metrics = [sweep.objective.metric, *sweep.objective.also]
+    headers = [*keys, *(f"{m} {c}" for m in metrics for c in ("mean", "std", "n", "diff", "diff_lo", "diff_hi",
+                                                              "pairs", "marked"))]
+    if sweep.reference is not None:
+        headers.append(f"reference: {sweep.reference.title}")
+    headers.append("notes")
+    out = []
+    for i, p in enumerate(rows):
+        row = [_fmt(p.point.get(k)) for k in keys]
+        for metric in [None, *sweep.objective.also]:
+            q, base = p.of(metric), bases[i]
+            d = paired(q, base.of(metric)) if base is not None else Paired([])
+            lo, hi = d.interval() or ("", "")
+            row += [q.mean, q.std, q.n, d.mean if d.n else "", lo, hi, d.n, int(d.marked) if d.n else ""]
+        if sweep.reference is not None:
+            row.append(sweep.reference.values.get(str(p.point.get(sweep.reference.param)), ""))
+        out.append(row + [_notes(p)])
+    return headers, out
+
+
+def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
+    """What the table lets one say: how the comparisons were made and what, if anything, they show."""
+    bases = baselines(rows, sweep)
+    metrics = [None, *sweep.objective.also]
+    pairs = [paired(p.of(m), bases[i].of(m)) for i, p in enumerate(rows) if bases[i] is not None for m in metrics]
+    finished = [p for p in rows if p.n]
+    objective, better = sweep.objective.metric, (1 if sweep.objective.mode == "max" else -1)
+    lines = []
+    if not finished:
+        return ["no trial finished"]
+    most = max((p.n for p in finished), default=0)
+    if len(finished) == 1:
+        only = finished[0]
+        return [f"one point: {objective} {only.mean:.4f} +- {only.std:.4f} (n={only.n}), nothing to compare it with"]
+    if pairs:
+        base = next(b for b in bases.values() if b is not None)
+        named = ", ".join(f"{k}={_fmt(v)}" for k, v in (sweep.baseline or base.point).items())
+        made = [d for d in pairs if d.interval() is not None]
+        lines.append(f"paired differences: each point minus the baseline ({named}) over the seeds both finished; "
+                     + (f"{int(LEVEL * 100)}% Student t interval from {MIN_PAIRS} pairs on, * where it excludes 0: "
+                        f"{len(made)} comparison(s), {sum(d.marked for d in made)} marked (about "
+                        f"{(1 - LEVEL) * len(made):.1f} would be by chance alone)" if made else
+                        f"no interval below {MIN_PAIRS} pairs: the differences themselves are shown"))
+    if most < 2:
+        lines.append("one seed cannot rank the points: a difference between them carries no spread, and a "
+                     "two-epoch run's can follow the processor's rounding (run seeds: 3 or more)")
+        return lines
+    if pairs and any(d.interval() is not None for d in pairs):
+        tested = {id(p): paired(p, bases[i]) for i, p in enumerate(rows) if bases[i] is not None and p.n}
+        ahead = [p for p in finished if id(p) in tested and tested[id(p)].marked and better * tested[id(p)].mean > 0]
+        behind = [p for p in finished if id(p) in tested and tested[id(p)].marked and better * tested[id(p)].mean < 0]
+        if ahead:
+            top = ahead[0]
+            lines.append(f"best: {_describe(top.point)} ({objective} {top.mean:.4f} +- {top.std:.4f}, n={top.n}): "
+                         "its paired difference from the baseline excludes 0")
+        elif tested and len(behind) == len(tested):
+            top = next(b for b in bases.values() if b is not None)
+            lines.append(f"best: {_describe(top.point)}, the baseline: every other point's paired difference in "
+                         f"{objective} excludes 0 on the worse side")
+        else:
+            lines.append(f"no point is ahead of the baseline in {objective} beyond its seeds' spread"
+                         + (f"; behind it: {', '.join(_describe(p.point) for p in behind)}" if behind else ""))
+    else:
+        top = finished[0]
+        lines.append(f"highest mean {objective}: {_describe(top.point)} ({top.mean:.4f} +- {top.std:.4f}, "
+                     f"n={top.n}); " + (f"with fewer than {MIN_PAIRS} paired seeds no difference is tested" if pairs
+                                        else "no baseline point finished, or the search has none (a random search "
+                                        "without baseline:, Optuna), so no difference is tested"))
+    return lines
 
 
 def write_report(results: Path, sweep: Sweep | None = None) -> str:
@@ -102,21 +260,17 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
     if sweep is None:
         sweep = Sweep.model_validate(yaml.safe_load((results / "sweep.yaml").read_text()))
     rows = aggregate(read_records(results), sweep)
-    headers, cells = table(rows, sweep)
+    headers, cells = csv_table(rows, sweep)
     with open(results / "results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(headers)
         w.writerows(cells)
-    finished = [p for p in rows if p.n]
+    headers, cells = table(rows, sweep)
     lines = [f"# Sweep {sweep.name}", "",
              f"objective: {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), "
              f"mean and sample standard deviation over seeds; {sum(p.n for p in rows)} finished, "
              f"{sum(p.stopped for p in rows)} stopped early, {sum(p.failed for p in rows)} failed trial(s)", "",
-             markdown_table(headers, cells), ""]
-    if finished:
-        best = finished[0]
-        lines += ["best: " + " ".join(f"{k}={_fmt(v)}" for k, v in best.point.items())
-                  + f" ({sweep.objective.metric} {best.mean:.4f} +- {best.std:.4f}, n={best.n})", ""]
+             markdown_table(headers, cells), "", *(line for x in reading(rows, sweep) for line in (x, ""))]
     if sweep.reference is not None:
         lines += [f"reference column: published numbers ({sweep.reference.title}), not measured here", ""]
     png = plot(rows, sweep, results / "results.png")

@@ -153,6 +153,9 @@ class Sweep(_Section):
     retries: int = Field(1, ge=0)  # a failed trial is run again this many times, then reported failed
     storage: str = Field(default_factory=lambda: f"{results_root()}/sweeps")
     reference: Reference | None = None
+    # The point the others are compared with, seed by seed: fields of the space and their values (a field
+    # left out keeps each point's own value). Default for grid search: every field's first grid value.
+    baseline: dict[str, Any] | None = None
     synthetic: bool = False  # run the same space on BackgroundBias-Synth at cpu-tiny scale (see SYNTHETIC)
     source: str | None = None  # the file it was read from (set by load_sweep)
 
@@ -177,6 +180,16 @@ class Sweep(_Section):
             if ranged:
                 raise ValueError(f"space.{ranged[0]}: {self.space[ranged[0]].kind} needs search.algorithm random or "
                                  "optuna (grid search takes grid and choice)")
+        if self.baseline is not None:
+            if self.search.algorithm == "optuna":
+                raise ValueError("baseline: an Optuna search chooses its own points, so none is there to compare "
+                                 "with; leave baseline out")
+            for key, value in self.baseline.items():
+                if key not in self.space:
+                    raise ValueError(f"baseline.{key} is not a field of the space ({', '.join(self.space)})")
+                dim = self.space[key]
+                if dim.kind in ("grid", "choice") and value not in dim.values:
+                    raise ValueError(f"baseline.{key} = {value!r} is not one of its values {dim.values}")
         if self.reference is not None and self.reference.param not in self.space:
             raise ValueError(f"reference.param {self.reference.param!r} is not a field of the space "
                              f"({', '.join(self.space)})")
@@ -185,6 +198,14 @@ class Sweep(_Section):
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def baseline_of(self, point: dict[str, Any]) -> dict[str, Any] | None:
+        """The point ``point`` is compared with: ``point`` with the baseline's values; None when the sweep
+        compares nothing (Optuna, or random search without ``baseline``)."""
+        base = self.baseline
+        if base is None and self.search.algorithm == "grid":
+            base = {k: d.values[0] for k, d in self.space.items()}
+        return None if base is None else {**point, **base}
 
     # -- the run configs of the trials ------------------------------------------------------
 
