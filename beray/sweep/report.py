@@ -3,7 +3,7 @@ point's difference from the baseline point taken seed by seed: trials that share
 data, noise and initial weights, so their differences are paired. From 3 pairs on, a paired 95%
 interval (Student t) is given and marked where it excludes 0; with 2 both differences, with 1 the one.
 Early-stopped and failed trials are marked, published numbers shown beside them where the sweep names
-them; ``results.csv``, ``results.md`` and ``results.png``."""
+them; ``results.csv``, ``results.md`` and ``results.png`` (a panel per metric)."""
 
 from __future__ import annotations
 
@@ -282,44 +282,54 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
     return text
 
 
+def _order(rows: list[PointResult], sweep: Sweep) -> list[PointResult]:
+    """Points in the sweep file's order: each field's listed values as listed, numbers ascending."""
+    def rank(p: PointResult) -> tuple:
+        key = []
+        for k, dim in sweep.space.items():
+            v = p.point.get(k)
+            listed = dim.values if dim.kind in ("grid", "choice") else []
+            key.append((listed.index(v) if v in listed else len(listed), str(v) if isinstance(v, str) else "",
+                        v if isinstance(v, (int, float)) else 0))
+        return tuple(key)
+
+    return sorted((p for p in rows if p.n), key=rank)
+
+
 def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
-    """One panel per swept field: the objective's mean over every finished trial at each value, and
-    beside it each ``also:`` metric, with the spread over seeds (and the other fields) as error bars."""
+    """One small panel per metric: each point's seeds as dots, its mean as a bar across them, and the
+    baseline's mean as a dashed line (Tufte's small multiples: one scale per metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys, metrics = list(sweep.space), [None, *sweep.objective.also]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 + 1.5 * len(metrics), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        numeric = all(isinstance(p.point.get(key), (int, float)) for p in rows)
-        joined = numeric and sweep.space[key].kind not in ("uniform", "loguniform")
-        for i, metric in enumerate(metrics):
-            by_value: dict = {}
-            for p in rows:
-                by_value.setdefault(p.point.get(key), []).extend(p.of(metric).values)
-            by_value = {v: vals for v, vals in by_value.items() if vals}
-            listed = sweep.space[key].values if not numeric and sweep.space[key].kind in ("grid", "choice") else []
-            rank = {v: i for i, v in enumerate(listed)}  # categories in the sweep file's order (Table 4's)
-            xs = sorted(by_value, key=lambda v: (rank.get(v, len(rank)), isinstance(v, str), v))
-            means = [sum(by_value[x]) / len(by_value[x]) for x in xs]
-            stds = [PointResult({}, by_value[x]).std for x in xs]
-            shift = 0.0 if numeric else 0.8 * (i - (len(metrics) - 1) / 2) / len(metrics)  # side by side
-            pos = [x + shift for x in xs] if numeric else [j + shift for j in range(len(xs))]
-            ax.errorbar(pos, means, yerr=stds, fmt="o-" if joined else "o", capsize=3,
-                        label=metric or sweep.objective.metric, zorder=3 if metric is None else 2)
-            if not numeric and metric is None:
-                ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, ha="right", fontsize=7)
-        if sweep.space[key].kind == "loguniform":
-            ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.grid(alpha=0.3)
-        if len(metrics) > 1:
-            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the panel, not on the points
-        else:
-            ax.set_ylabel(sweep.objective.metric)
-    fig.suptitle(f"sweep {sweep.name}: {sweep.eval.mode}, mean +- std over seeds", fontsize=9)
+    metrics = [None, *sweep.objective.also]
+    points = _order(rows, sweep)
+    base = next((q for q in rows if q.n and q.point == sweep.baseline_of(q.point)), None)
+    cols = min(len(metrics), 4)
+    nrows = math.ceil(len(metrics) / cols)
+    width = max(2.6, 0.45 * len(points) + 1.2)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 2.8 * nrows + 0.4), squeeze=False)
+    labels = [" ".join(_fmt(v) for v in p.point.values()) for p in points]
+    for ax, metric in zip(axes.flat, metrics):
+        for x, p in enumerate(points):
+            q = p.of(metric)
+            if not q.n:
+                continue
+            jitter = [0.0] if q.n == 1 else [0.24 * (j / (q.n - 1) - 0.5) for j in range(q.n)]
+            ax.scatter([x + d for d in jitter], q.values, s=14, color="tab:blue", alpha=0.7, zorder=3)
+            ax.hlines(q.mean, x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=4)
+        if base is not None and base.of(metric).n:
+            ax.axhline(base.of(metric).mean, color="tab:red", linestyle="--", linewidth=1, label="baseline", zorder=2)
+        ax.set_title(metric or f"{sweep.objective.metric} (objective)", fontsize=8)
+        ax.set_xticks(range(len(points)), labels, rotation=35, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"sweep {sweep.name} ({', '.join(sweep.space)}): {sweep.eval.mode}; dots: seeds, bar: mean, "
+                 "dashed: the baseline", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
