@@ -108,7 +108,8 @@ def wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
 BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|config|TensorBoard|resume): "
                         r"|Ray's log: |warning: |error: |continue from |waiting for |\[\d\d:\d\d:\d\d\] "
                         r"|# Sweep |objective: |\||best: |!\[|TensorBoard of every trial|paired differences: "
-                        r"|one seed cannot |highest mean |no point is ahead |one point: |reference column: |$)")
+                        r"|one seed cannot |highest mean |lowest mean |no point is ahead |one point: |reference column: |floors, from "
+                        r"|shortcut: |$)")
 
 
 def foreign_lines(*outputs: str) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 
 from beray.config import load_config
 from beray.data.sampling import clip_span
+from beray.data.synth import FAMILIES
 from beray.data.video import VideoReader
 from beray.eval.__main__ import main
 from beray.eval.clips import ClipSpec, clip_starts, eval_clips
@@ -127,6 +128,15 @@ def test_background_reports_the_gap_and_the_static_probe(pretrained, tiny_synth,
     code, out, err = _run(capsys, "background", "--checkpoint", pretrained)
     assert code == 0, err
     assert _fields_as_declared(_json(pretrained, "background-synth-split1"), "background", "synth", tiny_synth)
+    # the floors, counted here from the manifests: a background reader is right where the family is the class's
+    own = {}
+    for split in ("test_biased", "test_swapped"):
+        with open(tiny_synth / f"{split}.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        own[split] = sum(FAMILIES.index(r["background"]) == int(r["label"]) for r in rows) / len(rows)
+    floors = _json(pretrained, "background-synth-split1")["floors"]
+    assert floors["chance"] == pytest.approx(1 / 6) and floors["background_reader"] == pytest.approx(
+        {**own, "gap": own["test_biased"] - own["test_swapped"]})
     res = _json(pretrained, "background-synth-split1")["results"]
     for head in ("knn", "linear"):
         r = res[head]

@@ -119,17 +119,18 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
         ({"space": {"be.gamma": {"uniform": [0.5, 0.1]}}}, "space.be.gamma: Value error, uniform needs low < high"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'fifo' or 'asha'"),
         ({"base": {"preset": "huge"}}, "base.preset: Value error, unknown preset 'huge'"),
-        ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}},
+        ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}}, "eval": {"mode": "knn"},
           "objective": {"metric": "test.top1"}}, "data.root /no/such/ucf101 does not exist"),
-        ({"objective": {"metric": "nonsense.top1"}},
+        ({"objective": {"metric": "nonsense.top1"}, "eval": {"mode": "knn"}},
          "objective.metric: 'nonsense.top1' is not a result of knn on synth; it reports: test_biased.top1, "
          "test_biased.top5, test_biased.videos, test_swapped.top1"),
-        ({"objective": {"metric": "test_swapped.top1", "also": ["test_swapped.top1", "test_swapped.R@1"]}},
-         "objective.also[1]: 'test_swapped.R@1' is not a result of knn on synth"),
+        ({"objective": {"metric": "linear.gap", "also": ["linear.gap", "test_swapped.top1"]}},
+         "objective.also[1]: 'test_swapped.top1' is not a result of background on synth; it reports: "
+         "knn.test_biased, knn.test_swapped, knn.gap"),
         ({"eval": {"mode": "retrieve", "dataset": "ucf101", "root": "/no/such/ucf101"}},
-         "objective.metric: 'test_swapped.top1' is not a result of retrieve on ucf101; it reports: test.R@1, "),
-        ({"baseline": {"be.beta": 0}}, "baseline.be.beta is not a field of the space (be.gamma)"),
-        ({"baseline": {"be.gamma": 0.5}}, "baseline.be.gamma = 0.5 is not one of its values [0.0, 0.3]"),
+         "objective.metric: 'linear.gap' is not a result of retrieve on ucf101; it reports: test.R@1, "),
+        ({"baseline": {"be.beta": 0}}, "baseline.be.beta is not a field of the space (be.noise)"),
+        ({"baseline": {"be.noise": "fame"}}, "baseline.be.noise = 'fame' is not one of its values ['none', 'intra_frame']"),
         ({"eval": {"mode": "background"}, "base": {"set": {"data.dataset": "ucf101", "data.root": "."}},
           "objective": {"metric": "knn.gap"}}, "eval.mode: background needs BackgroundBias-Synth's subsets"),
     ]
@@ -193,6 +194,23 @@ def _write(results: Path, sweep: Sweep, values: dict) -> str:
                 {"point": {key: value}, "seed": seed, "status": "finished", "objective": v}))
     (results / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump()))
     return write_report(results)
+
+
+def test_the_report_sets_the_gap_between_the_floors_that_its_trials_recorded(tmp_path):
+    sweep = Sweep.model_validate({"name": "f", "space": {"be.noise": {"grid": ["none", "intra_frame"]}},
+                                  "eval": {"mode": "background"}, "objective": {"metric": "linear.gap", "mode": "min"}})
+    (tmp_path / "trials").mkdir()
+    floors = {"floor/chance": 1 / 6, "floor/background_reader/test_biased": 0.9,
+              "floor/background_reader/test_swapped": 0.25, "floor/background_reader/gap": 0.65}
+    for i, (noise, gap) in enumerate([("none", 0.52), ("intra_frame", 0.39)]):
+        (tmp_path / "trials" / f"{i}.json").write_text(json.dumps(
+            {"point": {"be.noise": noise}, "seed": 0, "status": "finished", "objective": gap,
+             "results": {"linear/gap": gap, **floors}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump()))
+    md = write_report(tmp_path)
+    assert ("floors, from the test manifests: chance 0.167; a reader of the background alone scores test_biased "
+            "0.900, test_swapped 0.250, gap 0.650; a reader of motion alone has gap 0") in md
+    assert "shortcut: linear.gap of every point lies between 0.390 and 0.520, 60%-80% of the way" in md
 
 
 def test_the_report_pairs_trials_by_seed_and_marks_only_intervals_that_exclude_0(tmp_path):

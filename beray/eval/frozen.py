@@ -82,6 +82,21 @@ def background_scores(train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tenso
     return out
 
 
+def _floors(ctx: EvalContext) -> dict:
+    """``floors``: what chance and a reader of the background alone score, from the manifests. A reader
+    that names the class whose family the background is scores, on each split, the fraction of videos
+    whose background is their class's own family. Empty for a copy whose manifests do not say."""
+    from beray.data.synth import own_family_fraction
+
+    try:
+        own = own_family_fraction(ctx.index.root)
+    except (OSError, KeyError, ValueError):
+        return {}
+    reader = {"test_biased": own["test_biased"], "test_swapped": own["test_swapped"],
+              "gap": own["test_biased"] - own["test_swapped"]}
+    return {"floors": {"chance": 1 / ctx.num_classes, "background_reader": reader}}
+
+
 def background(ctx: EvalContext, k: int = 20) -> Report:
     """BackgroundBias-Synth, two probes on frozen features. (a) Background reliance: heads fitted on the
     biased ``train``, scored on ``test_biased`` and ``test_swapped``, their gap, and the same heads on
@@ -105,7 +120,7 @@ def background(ctx: EvalContext, k: int = 20) -> Report:
     cols = [c for c in BACKGROUND if has_unbiased or c != "unbiased_swapped"]
     rows = [[head, *(s[c] for c in cols)] for head, s in scores.items()]
     data = {**_common(ctx, t0, train, *tests, *([unbiased] if has_unbiased else [])), "k": k,
-            "chance": 1 / ctx.num_classes, "results": scores}
+            "chance": 1 / ctx.num_classes, "results": scores, **_floors(ctx)}
     notes = ["(a) heads fitted on the biased train split; gap = test_biased - test_swapped top-1: what the model "
              "owes to the background (0 for a model that reads motion only)",
              f"static_*: the same heads on static videos (one frame repeated); chance {1 / ctx.num_classes:.3f}"]

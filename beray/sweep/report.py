@@ -134,6 +134,35 @@ def baselines(rows: list[PointResult], sweep: Sweep) -> dict[int, PointResult | 
     return out
 
 
+def floors_of(records: list[dict]) -> dict[str, float]:
+    """``background``'s floors as its trials recorded them (``floor/...``): chance and a background reader."""
+    for r in records:
+        found = {k[len("floor/"):]: v for k, v in (r.get("results") or {}).items() if k.startswith("floor/")}
+        if found:
+            return found
+    return {}
+
+
+def floor_lines(rows: list[PointResult], sweep: Sweep, floors: dict[str, float]) -> list[str]:
+    """The floors, and where each gap metric's point means lie between a motion reader and a background
+    reader: the shortcut, a within-run contrast that one seed already shows."""
+    if not floors:
+        return []
+    b, s, g = (floors.get(f"background_reader/{k}") for k in ("test_biased", "test_swapped", "gap"))
+    lines = [f"floors, from the test manifests: chance {floors.get('chance', math.nan):.3f}; a reader of the "
+             f"background alone scores test_biased {b:.3f}, test_swapped {s:.3f}, gap {g:.3f}; a reader of motion "
+             "alone has gap 0"]
+    for metric in [sweep.objective.metric, *sweep.objective.also]:
+        means = [p.of(None if metric == sweep.objective.metric else metric).mean for p in rows if p.n]
+        means = [m for m in means if not math.isnan(m)]
+        if metric.endswith(".gap") and means and g > 0:
+            lo, hi = min(means), max(means)
+            lines.append(f"shortcut: {metric} of every point lies between {lo:.3f} and {hi:.3f}, "
+                         f"{lo / g:.0%}-{hi / g:.0%} of the way from a motion reader's 0 to a background reader's "
+                         f"{g:.3f}")
+    return lines
+
+
 def read_records(results: Path) -> list[dict]:
     """The trial records, not the ``.ID.json`` being written (pathlib's glob matches dot files)."""
     return [json.loads(f.read_text()) for f in sorted((Path(results) / "trials").glob("*.json"))
@@ -247,7 +276,8 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
                          + (f"; behind it: {', '.join(_describe(p.point) for p in behind)}" if behind else ""))
     else:
         top = finished[0]
-        lines.append(f"highest mean {objective}: {_describe(top.point)} ({top.mean:.4f} +- {top.std:.4f}, "
+        lines.append(f"{'highest' if better > 0 else 'lowest'} mean {objective}: {_describe(top.point)} "
+                     f"({top.mean:.4f} +- {top.std:.4f}, "
                      f"n={top.n}); " + (f"with fewer than {MIN_PAIRS} paired seeds no difference is tested" if pairs
                                         else "no baseline point finished, or the search has none (a random search "
                                         "without baseline:, Optuna), so no difference is tested"))
@@ -259,7 +289,8 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
     results = Path(results).expanduser()
     if sweep is None:
         sweep = Sweep.model_validate(yaml.safe_load((results / "sweep.yaml").read_text()))
-    rows = aggregate(read_records(results), sweep)
+    records = read_records(results)
+    rows, floors = aggregate(records, sweep), floors_of(records)
     headers, cells = csv_table(rows, sweep)
     with open(results / "results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -270,10 +301,11 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
              f"objective: {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), "
              f"mean and sample standard deviation over seeds; {sum(p.n for p in rows)} finished, "
              f"{sum(p.stopped for p in rows)} stopped early, {sum(p.failed for p in rows)} failed trial(s)", "",
-             markdown_table(headers, cells), "", *(line for x in reading(rows, sweep) for line in (x, ""))]
+             markdown_table(headers, cells), "",
+             *(line for x in [*floor_lines(rows, sweep, floors), *reading(rows, sweep)] for line in (x, ""))]
     if sweep.reference is not None:
         lines += [f"reference column: published numbers ({sweep.reference.title}), not measured here", ""]
-    png = plot(rows, sweep, results / "results.png")
+    png = plot(rows, sweep, results / "results.png", floors)
     lines += [f"![objective per parameter]({png.name})"]
     if (results / "runs").is_dir():  # a copy of the records alone (docs/results/) has no runs
         lines += ["", f"TensorBoard of every trial: tensorboard --logdir {results / 'runs'}"]
@@ -296,9 +328,10 @@ def _order(rows: list[PointResult], sweep: Sweep) -> list[PointResult]:
     return sorted((p for p in rows if p.n), key=rank)
 
 
-def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
+def plot(rows: list[PointResult], sweep: Sweep, path: Path, floors: dict[str, float] | None = None) -> Path:
     """One small panel per metric: each point's seeds as dots, its mean as a bar across them, and the
-    baseline's mean as a dashed line (Tufte's small multiples: one scale per metric)."""
+    baseline's mean as a dashed line (Tufte's small multiples: one scale per metric); with ``floors``,
+    what chance and a background reader score, dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,6 +355,13 @@ def plot(rows: list[PointResult], sweep: Sweep, path: Path) -> Path:
             ax.hlines(q.mean, x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=4)
         if base is not None and base.of(metric).n:
             ax.axhline(base.of(metric).mean, color="tab:red", linestyle="--", linewidth=1, label="baseline", zorder=2)
+        name = (metric or sweep.objective.metric).rsplit(".", 1)[-1]
+        for label, value, colour in (("background reader", (floors or {}).get(f"background_reader/{name}"), "tab:brown"),
+                                     ("chance", (floors or {}).get("chance") if name != "gap" else None, "grey")):
+            if value is not None:
+                ax.axhline(value, color=colour, linestyle=":", linewidth=1)
+                ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                            fontsize=6, color=colour)
         ax.set_title(metric or f"{sweep.objective.metric} (objective)", fontsize=8)
         ax.set_xticks(range(len(points)), labels, rotation=35, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

@@ -52,14 +52,16 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     opts = EvalOptions(dataset=e.dataset, root=e.root, split=e.split, overrides=_sets(e.set), k=e.k, clips=e.clips,
                        progress=False, actors=1, actor_cpus=min(1.0, r.workers * r.cpus_per_worker),
                        actor_gpus=min(1.0, r.workers * r.gpus_per_worker))
-    results = {}
+    results, floors = {}, {}
     for stem, report, directory in evaluate(e.mode, info.checkpoint, opts):
         report.write(directory, stem)
         results = report.data["results"]  # finetune with several splits: the last is their mean
+        floors = report.data.get("floors", {})  # background: chance and a background reader, for the report
     metrics = flatten(results, "eval/")
     key = "eval/" + s.objective.metric.replace(".", "/")
     if key not in metrics:
         raise KeyError(f"objective.metric {s.objective.metric!r} is not in the {e.mode} results; they have: "
                        + ", ".join(k[5:].replace("/", ".") for k in metrics))
     last = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**last, **metrics, "objective": metrics[key], "run_dir": info.dir, "finished": True})
+    tune.report({**last, **metrics, **flatten(floors, "eval/floor/"), "objective": metrics[key], "run_dir": info.dir,
+                 "finished": True})
