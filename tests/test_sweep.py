@@ -78,6 +78,24 @@ def test_paper_sweeps_are_the_ablations_they_name():
     assert (cfg.method.name, cfg.method.beta, cfg.data.dataset, cfg.run.seed) == ("rotnet", 2.0, "synth", 1)
 
 
+def test_the_driver_generates_each_synthetic_copy_once_before_ray(tmp_path, monkeypatch, capsys):
+    from beray.data.synth import ensure_synth, synth_config
+    from beray.sweep.__main__ import _generate_synth
+
+    monkeypatch.setenv("BERAY_CACHE", str(tmp_path / "cache"))
+    small = {"data.synth.train_per_class": 1, "data.synth.test_per_class": 1, "data.synth.unbiased_per_class": 1,
+             "data.synth.frames": 8, "data.synth.size": 32}
+    sweep = Sweep.model_validate({"name": "g", "base": {"preset": "cpu-tiny", "set": small},
+                                  "space": {"data.synth.rho": {"grid": [0.9, 1.0]}, "be.gamma": {"grid": [0.0, 0.3]}},
+                                  "eval": {"mode": "background"}, "objective": {"metric": "linear.gap"}})
+    _generate_synth(sweep, [cfg for _, _, cfg in sweep.validate_trials()])
+    copies = sorted((tmp_path / "cache").glob("synth-*"))
+    assert len(copies) == 2  # one per rho: gamma does not change the data
+    assert "BackgroundBias-Synth" in capsys.readouterr().err  # its progress bar, on this console
+    options = {k.removeprefix("data.synth."): v for k, v in small.items()}
+    assert ensure_synth(synth_config({**options, "rho": 1.0})) in copies  # what a trial asks for is there
+
+
 def test_random_points_are_reproducible_and_inside_the_space():
     sweep = Sweep.model_validate({"name": "r", "space": {"be.gamma": {"uniform": [0.1, 0.4]},
                                                          "optim.lr": {"loguniform": [1e-3, 1e-1]},

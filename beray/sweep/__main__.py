@@ -44,6 +44,19 @@ def _dry_run(sweep) -> None:
     say(f"\nresults: {results_dir(sweep)} (no Ray started)")
 
 
+def _generate_synth(sweep, configs) -> None:
+    """Generate each copy of BackgroundBias-Synth the trials read, once, here, with its progress bar,
+    before Ray starts: otherwise every concurrent trial would generate it again (one copy wins)."""
+    from beray.data.synth import ensure_synth, synth_config
+
+    wanted = {}
+    for cfg in [sweep.run_config({}, sweep.seed_list[0]), *configs]:
+        if cfg.data.dataset == "synth" and cfg.data.root is None:
+            wanted[repr(sorted((cfg.data.synth or {}).items()))] = cfg.data.synth
+    for options in wanted.values():
+        ensure_synth(synth_config(options))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from beray.config import ConfigError
@@ -76,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 _dry_run(sweep)
                 return 0
-            sweep.validate_trials()  # every trial's config, data root included, before Ray starts
+            trials = sweep.validate_trials()  # every trial's config, data root included, before Ray starts
+            _generate_synth(sweep, [cfg for _, _, cfg in trials])
             from beray.sweep.driver import results_dir, run_sweep
 
             session.log_in(results_dir(sweep))
