@@ -126,6 +126,10 @@ class RunConfig(_Section):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs; what is left feeds the Ray Data pipeline
+    # torch's intra-op threads per worker. None: the node's cores shared among the run's workers on it, as a
+    # plain PyTorch loop uses them (the model takes what decoding leaves idle). Sweeps set the CPUs each
+    # worker holds, so that concurrent trials do not oversubscribe a node.
+    torch_threads: int | None = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
     seed: int = Field(0, ge=0)  # seeds the weights and every data draw, from (seed, epoch, video)
     log_every: int = Field(10, ge=1)  # steps between TensorBoard scalars
@@ -199,7 +203,7 @@ class ConfigError(Exception):
 # optimiser and scheduler state override lr and its schedule) or by the data stream (seed, clips).
 # Changing run.workers keeps the global batch but not the exact stream of batches.
 RESUMABLE = ("optim.epochs", "data.root", "data.decode_concurrency", "data.decode_cpus", "data.decode_timeout_s",
-             "data.prefetch_batches", "run.workers", "run.gpus_per_worker", "run.cpus_per_worker",
+             "data.prefetch_batches", "run.workers", "run.gpus_per_worker", "run.cpus_per_worker", "run.torch_threads",
              "run.max_failures", "run.log_every", "run.images_every", "run.max_steps_per_epoch")
 
 

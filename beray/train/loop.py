@@ -11,6 +11,7 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 
@@ -79,7 +80,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         if rank == 0:
             tell(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
 
-    torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    torch.set_num_threads(cfg.run.torch_threads or max(1, len(os.sched_getaffinity(0)) // ctx.get_local_world_size()))
     shard = ray.train.get_dataset_shard("train")
     per_worker = o.batch_size // world
     monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every, tell)
