@@ -269,7 +269,7 @@ def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and {(r["be.gamma"], r["be.noise"]) for r in rows} == \
         {("0", "intra_frame"), ("0", "gaussian"), ("0.3", "intra_frame"), ("0.3", "gaussian")}
-    assert all(r["n"] == "1" for r in rows)
+    assert all(r["test_swapped.top1 n"] == "1" for r in rows)
     assert (results / "results.png").is_file() and "one seed cannot rank" in (results / "results.md").read_text()
     runs = sorted((results / "runs").iterdir())  # one run dir per trial: one tensorboard --logdir for all
     assert len(runs) == 4 and all((r / "tensorboard").is_dir() and (r / "eval" / "knn-synth-split1.json").is_file()
