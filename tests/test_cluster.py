@@ -63,6 +63,7 @@ def test_every_node_runs_beray_s_ray_with_its_settings():
         assert env["MALLOC_ARENA_MAX"] == str(MALLOC_ARENA_MAX) and env["RAY_AUTH_MODE"] == "token"
         assert env["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
         assert env["BERAY_RESULTS"].startswith(shared + "/")  # results on the file system every node mounts
+        assert env["BERAY_CACHE"].startswith(shared + "/")  # and the generated data its drivers write
         assert start.params["metrics_export_port"]  # the Prometheus endpoint the Grafana dashboard reads
     _, head = _start(CLUSTER["head_start_ray_commands"])
     assert head.params["head"] and head.params["system_config"] == SYSTEM_CONFIG
