@@ -115,11 +115,11 @@ def current() -> Session | None:
 
 def out() -> TextIO:
     """Where beray's own lines go: the terminal, even while Ray's output goes to the log."""
-    return (_session.out if _session is not None and _session.out is not None else None) or sys.stdout
+    return (_session and _session.out) or sys.stdout
 
 
 def err() -> TextIO:
-    return (_session.err if _session is not None and _session.err is not None else None) or sys.stderr
+    return (_session and _session.err) or sys.stderr
 
 
 def say(*parts, error: bool = False, end: str = "\n", sep: str = " ") -> None:

@@ -96,14 +96,14 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
     trainer = make_trainer(cfg, name, callbacks, echo)
     state = trainer.train_loop_config["run_data"]
     stop = threading.Event()
-    printer = threading.Thread(target=_echo, args=(state, stop), daemon=True)
-    if echo:
+    printer = threading.Thread(target=_echo, args=(state, stop), daemon=True) if echo else None
+    if printer:
         printer.start()
     try:
         result = trainer.fit()
     finally:
         stop.set()
-        if echo:
+        if printer:
             printer.join()
         skipped = ray.get(state.all.remote())
         ray.kill(state)
