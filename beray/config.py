@@ -41,6 +41,7 @@ class DataConfig(_Section):
     decode_size: int = Field(128, ge=8)  # short side at decode, before the random crop
     decode_concurrency: int | None = Field(None, ge=1)  # Ray Data decode tasks at once (None: Ray decides)
     decode_cpus: float = Field(1.0, gt=0)  # CPUs per decode task
+    clips_per_task: int | None = Field(None, ge=1)  # clips per decode task (None: one worker's share of a batch)
     decode_timeout_s: float = Field(60.0, gt=0)  # a video that takes longer is abandoned as bad
     prefetch_batches: int = Field(2, ge=0)
     synth: dict[str, Any] = {}  # BackgroundBias-Synth generator options (SynthConfig), when root is None
@@ -202,7 +203,8 @@ class ConfigError(Exception):
 # training math (resources, logging, retries). Everything else is fixed by the checkpoint (the
 # optimiser and scheduler state override lr and its schedule) or by the data stream (seed, clips).
 # Changing run.workers keeps the global batch but not the exact stream of batches.
-RESUMABLE = ("optim.epochs", "data.root", "data.decode_concurrency", "data.decode_cpus", "data.decode_timeout_s",
+RESUMABLE = ("optim.epochs", "data.root", "data.decode_concurrency", "data.decode_cpus", "data.clips_per_task",
+             "data.decode_timeout_s",
              "data.prefetch_batches", "run.workers", "run.gpus_per_worker", "run.cpus_per_worker", "run.torch_threads",
              "run.max_failures", "run.log_every", "run.images_every", "run.max_steps_per_epoch")
 

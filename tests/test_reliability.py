@@ -14,7 +14,7 @@ import ray
 import torch
 
 from beray.data.encode import write_video
-from beray.data.pipeline import NoiseSpec, decode_batch, record_table, run_data
+from beray.data.pipeline import decode_batch, record_table, run_data
 from beray.data.video import VideoReadError, read_clip
 from beray.data.views import Views, ViewSpec
 from beray.augment.spatial import AugmentConfig
@@ -42,7 +42,7 @@ def test_the_pipeline_counts_and_names_an_abandoned_video(ray_cluster, slow_vide
     spec = ViewSpec(Views(hard_negative=True), 4, 2, 32, AugmentConfig(size=16), timeout_s=1e-4)
     records = record_table([{"path": str(slow_video), "label": 0, "video_id": "slow", "start_frame": -1,
                              "end_frame": -1}])
-    out = decode_batch({"id": np.array([0])}, records, spec, NoiseSpec(), state, "hang-test", seed=0, batch_size=1)
+    out = decode_batch({"id": np.array([0])}, records, spec, state, "hang-test", seed=0, clips_per_task=1)
     assert out == {}  # dropped from the batch, the run goes on
     skipped = ray.get(state.drain.remote())
     assert list(skipped) == [str(slow_video)] and "abandoned" in skipped[str(slow_video)]

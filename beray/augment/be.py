@@ -9,12 +9,19 @@ are made on the CPU ``generator`` (tiny tensors) and moved to the clips' device,
 so a seed gives the same draws on CPU and GPU.
 
 A new noise type is one function and one line in ``NOISES``.
+
+A training batch gets its x_d on the Train worker, after it is on the worker's device
+(``add_noise``): every model that reads the same decoded batch applies its own noise to
+the same x_v, with draws that depend only on (seed, epoch, the batch's videos, noise type).
 """
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -199,3 +206,36 @@ def distract(x_v: Tensor, noise: str = "intra_frame", gamma: float = 0.3, genera
              layout: str = "BCTHW", **options) -> Tensor:
     """x_d: the distracting version of the batch ``x_v`` under noise type ``noise``."""
     return get_noise(noise)(x_v, gamma, generator, layout, **options)
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """x_d = noise(x_v): the noise type of Table 4 (or FAME) and its parameters."""
+
+    noise: str = "intra_frame"
+    gamma: float = 0.3
+    fg_ratio: float = 0.3  # FAME only
+
+
+def noise_generator(seed: int, epoch: int, noise: str, indices: Tensor) -> torch.Generator:
+    """The CPU generator of one batch's noise draws, seeded from (run seed, epoch, noise type, the
+    batch's video indices) and from nothing global: the same batch gets the same draws whatever else
+    runs in the process (another model trained on the same stream, a resumed run)."""
+    key = [int(seed), int(epoch), 1, zlib.crc32(noise.encode()), *indices.cpu().tolist()]
+    return torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
+
+
+def add_noise(batch: dict[str, Tensor], noise: NoiseSpec, seed: int, epoch: int) -> dict[str, Tensor]:
+    """A new batch with x_d = noise(x_v) (Eq. 1 for intra_frame) in place of x_v, on x_v's device, for
+    uint8 clips (B, T, C, H, W) or (B, clips, T, C, H, W); ``batch['index']`` names its videos. A batch
+    without x_v (a method that asked for no distracting view) comes back unchanged."""
+    if "x_v" not in batch:
+        return batch
+    out = dict(batch)
+    x_v = out.pop("x_v")
+    shape = x_v.shape
+    flat = x_v.reshape(-1, *shape[-4:])
+    options = {"fg_ratio": noise.fg_ratio} if noise.noise == "fame" else {}
+    g = noise_generator(seed, epoch, noise.noise, torch.as_tensor(batch["index"]))
+    out["x_d"] = distract(flat, noise.noise, noise.gamma, g, layout="BTCHW", **options).reshape(shape)
+    return out

@@ -5,8 +5,8 @@ files, same reader, augmentation and BE, same global batch per step:
 
 - ray: ``beray.train.launch.fit`` (Ray Data streaming into DDP Ray Train workers).
 - dataloader: one process, ``torch.utils.data.DataLoader`` with as many loader
-  workers as the Ray path has CPUs for data, BE applied per batch in the loader
-  workers (as the pipeline does).
+  workers as the Ray path has CPUs for data, BE applied per batch in the training
+  process (as the Train workers do).
 - model_only: the model alone on one batch already in memory (the ceiling).
 
 Steps per second are taken over the epochs after the first (start-up excluded
@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from beray.config import Config, load_config
-from beray.data.pipeline import add_noise, noise_spec, training_records, view_spec
+from beray.augment.be import add_noise
+from beray.data.pipeline import training_records, view_spec
 from beray.data.views import ViewMaker, video_rng
-from beray.methods.build import build_method, make_optimizer, method_views, train_step
+from beray.methods.build import build_method, make_optimizer, method_views, noise_spec, train_step
 
 
 class _Views(Dataset):
@@ -43,16 +44,11 @@ class _Views(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.maker is None:  # one per loader worker
             self.maker = ViewMaker(self.spec)
-        return self.maker(self.rows[i], video_rng(self.seed, self.epoch, i))
+        return {**self.maker(self.rows[i], video_rng(self.seed, self.epoch, i)), "index": i}
 
 
-def _collate(cfg: Config):
-    noise = noise_spec(cfg)
-
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = add_noise({k: np.stack([it[k] for it in items]) for k in items[0]}, noise)
-        return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-    return collate
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
 
 
 def _device(cfg: Config) -> torch.device:
@@ -60,13 +56,18 @@ def _device(cfg: Config) -> torch.device:
 
 
 def _stepper(cfg: Config, device: torch.device):
-    """The model and one training step of it, as the Ray Train loop runs it (AMP on CUDA)."""
+    """The model and one training step of it, as the Ray Train loop runs it (x_d on the device, AMP on CUDA)."""
     torch.manual_seed(cfg.run.seed)
     model = build_method(cfg).to(device).train()
     optimizer = make_optimizer(model, cfg)
     amp = cfg.optim.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    return lambda batch: train_step(model, optimizer, scaler, batch, device, amp)["loss"].item()
+    noise = noise_spec(cfg)
+
+    def step(batch: dict[str, torch.Tensor], epoch: int) -> float:
+        batch = add_noise({k: v.to(device, non_blocking=True) for k, v in batch.items()}, noise, cfg.run.seed, epoch)
+        return train_step(model, optimizer, scaler, batch, device, amp)["loss"].item()
+    return step
 
 
 def data_cpus(cfg: Config, cpus: float) -> int:
@@ -79,14 +80,14 @@ def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
     step = _stepper(cfg, device)
     views = _Views(cfg)
     loader = DataLoader(views, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, collate_fn=_collate(cfg), pin_memory=device.type == "cuda")
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     steps, seconds = 0, 0.0
     for epoch in range(epochs):
         views.epoch = epoch  # loader workers are started per epoch: they see it
         t0 = time.perf_counter()
         n = 0
         for batch in loader:
-            step(batch)
+            step(batch, epoch)
             n += 1
         if epoch > 0:
             steps, seconds = steps + n, seconds + time.perf_counter() - t0
@@ -96,12 +97,12 @@ def dataloader_steps_per_s(cfg: Config, workers: int, epochs: int) -> float:
 def model_only_steps_per_s(cfg: Config, steps: int = 30) -> float:
     device = _device(cfg)
     step = _stepper(cfg, device)
-    batch = _collate(cfg)([_Views(cfg)[i] for i in range(cfg.optim.batch_size)])
+    batch = _collate([_Views(cfg)[i] for i in range(cfg.optim.batch_size)])
     batch = {k: v.to(device) for k, v in batch.items()}
-    step(batch)  # warm-up (cuDNN picks its kernels)
+    step(batch, 0)  # warm-up (cuDNN picks its kernels)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step(batch)  # .item() waits for the device
+        step(batch, 0)  # .item() waits for the device
     return steps / (time.perf_counter() - t0)
 
 

@@ -1,16 +1,19 @@
-"""Ray Data pipeline: records -> decode, views and noise (x_d) in Ray tasks -> Train workers.
+"""Ray Data pipeline: records -> decode and views (x_o, x_v, ...) in Ray tasks -> Train workers, which
+make x_d = noise(x_v) on their device (``beray.augment.be.add_noise``).
 
 Nothing is materialised: the records (paths and labels, a table of NumPy
 columns put in the object store once) are the only thing held whole; decoded
 clips stream through Ray Data's executor, whose backpressure bounds memory.
 
-The dataset's rows are batch numbers. Each iteration (one epoch) re-runs the
-pipeline: the task that makes batch b of epoch e takes the records at positions
-[b * B, (b + 1) * B) of the epoch's permutation of all records, so the videos that
-share a batch (and the partners of the pairing noises: mixup, cutmix,
-inter_frame, fame) change every epoch. Every draw is seeded from (run seed,
-epoch, video), and batches come out in order: the same seed gives the same
-stream, and a resumed run continues it where the uninterrupted run would be.
+The dataset's rows are task numbers. Each iteration (one epoch) re-runs the
+pipeline: task t of epoch e decodes the records at positions [t * C, (t + 1) * C)
+of the epoch's permutation of all records (C = ``data.clips_per_task``, by default
+one worker's share of the batch), so the videos that share a batch (and the
+partners of the pairing noises: mixup, cutmix, inter_frame, fame) change every
+epoch. Smaller tasks let an epoch's first batch come sooner, but each costs Ray
+a task. Every draw is seeded from (run seed, epoch, video), and clips come out in order:
+the same seed gives the same stream, and a resumed run continues it where the
+uninterrupted run would be.
 
 The epoch comes from the run's ``RunData`` actor (its handle travels with the
 dataset and the workers' config, which keeps it alive), which the Train workers set
@@ -24,9 +27,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-import warnings
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import ray
@@ -38,19 +39,7 @@ from beray.data.datasets import DatasetError, index_dataset
 from beray.data.video import VideoReadError
 from beray.data.views import ViewMaker, Views, ViewSpec, record_row, video_rng
 
-if TYPE_CHECKING:
-    import torch
-
 # torch is imported by the functions that use it (in the decode tasks): see beray.augment.spatial.
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """x_d = noise(x_v): the noise type of Table 4 (or FAME) and its parameters."""
-
-    noise: str = "intra_frame"
-    gamma: float = 0.3
-    fg_ratio: float = 0.3  # FAME only
 
 
 @ray.remote(num_cpus=0)
@@ -105,10 +94,6 @@ def view_spec(cfg: Config, views: Views) -> ViewSpec:
                     cfg.data.decode_timeout_s)
 
 
-def noise_spec(cfg: Config) -> NoiseSpec:
-    return NoiseSpec(cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
-
-
 @functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which epoch ``epoch`` visits ``n`` records: a permutation drawn from (seed, epoch)."""
@@ -120,12 +105,11 @@ def record_table(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec, noise: NoiseSpec, seed: int,
-               epoch: int, on_skip: Callable[[str, str], None]) -> dict[str, np.ndarray]:
-    """The training batch of records ``indices`` in ``epoch``: their views, then x_d = noise(x_v)
-    (when the views hold an x_v).
+def make_clips(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec, seed: int, epoch: int,
+               on_skip: Callable[[str, str], None]) -> dict[str, np.ndarray]:
+    """The views of records ``indices`` in ``epoch``, stacked, with each record's ``index``.
 
-    A video that cannot be read is left out of the batch and passed to ``on_skip(path, reason)``.
+    A video that cannot be read is left out and passed to ``on_skip(path, reason)``.
     """
     maker = ViewMaker(spec)
     views = []
@@ -137,37 +121,12 @@ def make_batch(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
             on_skip(e.path, e.reason)
     if not views:
         return {}
-    import torch
-
-    out = {k: np.stack([v[k] for v in views]) for k in views[0]}
-    g = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, 1, *indices.tolist()]).integers(2**62)))
-    return add_noise(out, noise, g)
+    return {k: np.stack([v[k] for v in views]) for k in views[0]}
 
 
-def add_noise(batch: dict[str, np.ndarray], noise: NoiseSpec, generator: torch.Generator | None = None
-              ) -> dict[str, np.ndarray]:
-    """x_d = noise(x_v) on a batch of uint8 clips, vectorised (Eq. 1 for intra_frame). x_v is dropped;
-    a batch without x_v (a method that asked for no distracting view) passes unchanged."""
-    import torch
-
-    from beray.augment.be import distract
-
-    if "x_v" not in batch:
-        return batch
-    with warnings.catch_warnings():  # Ray hands out read-only arrays; x_v is only read
-        warnings.simplefilter("ignore", UserWarning)
-        x_v = torch.from_numpy(batch.pop("x_v"))
-    shape = x_v.shape  # (B, T, C, H, W), or (B, clips, T, C, H, W) for clip order prediction
-    flat = x_v.reshape(-1, *shape[-4:])
-    options = {"fg_ratio": noise.fg_ratio} if noise.noise == "fame" else {}
-    # x_v came from NumPy in a decode task (or a DataLoader worker): a CPU tensor, by construction
-    batch["x_d"] = distract(flat, noise.noise, noise.gamma, generator, layout="BTCHW", **options).reshape(shape).numpy()
-    return batch
-
-
-def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, noise: NoiseSpec, state, run_name: str,
-                 seed: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` on one batch number b: batch b of the current epoch, decoded.
+def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, run_name: str, seed: int,
+                 clips_per_task: int) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` on one task number t: the clips of task t of the current epoch, decoded.
 
     ``records`` is ``record_table``'s columns (or an ObjectRef of them), ``state`` the run's
     ``RunData`` handle (None: epoch 0, skips only counted). An unreadable video is dropped,
@@ -175,10 +134,9 @@ def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, noise: N
     """
     table = ray.get(records) if isinstance(records, ray.ObjectRef) else records
     epoch = ray.get(state.get_epoch.remote()) if state is not None else 0
-    b = int(batch["id"][0])
+    t, c = int(batch["id"][0]), clips_per_task
     order = epoch_order(len(table["label"]), seed, epoch)
-    return make_batch(table, order[b * batch_size:(b + 1) * batch_size], spec, noise, seed, epoch,
-                      functools.partial(_skip, run_name, state))
+    return make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state))
 
 
 def _skip(run_name: str, state, path: str, reason: str) -> None:
@@ -205,24 +163,22 @@ def training_records(cfg: Config) -> list[dict]:
 
 def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[dict] | None = None
                   ) -> ray.data.Dataset:
-    """The training stream for ``cfg``: rows with uint8 x_o, x_d (x_h and h_valid when ``views`` ask
-    for them), label and the record's index, in batches of one worker's share of the global batch.
+    """The training stream for ``cfg``: rows with uint8 x_o, x_v (x_h and h_valid when ``views`` ask
+    for them), label and the record's index, in blocks of ``data.clips_per_task`` rows.
     ``state`` is the run's ``RunData`` handle: it sets the epoch and collects unreadable videos."""
     rows = list(rows if rows is not None else training_records(cfg))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the training loop prints its own progress
     ctx.print_on_execution_start = False
-    per_worker = cfg.optim.batch_size // cfg.run.workers
-    n_batches = -(-len(rows) // per_worker)
-    # One row (and one task) per batch: decode, views and noise of ``per_worker`` records per
-    # call, so the noises that pair videos pair them within a batch. Order is preserved so a
-    # seed fixes the stream; the permutation inside the tasks does the shuffling.
+    c = cfg.data.clips_per_task or cfg.optim.batch_size // cfg.run.workers
+    n_tasks = -(-len(rows) // c)
+    # One row (and one task) per C records. Order is preserved so a seed fixes the stream; the
+    # permutation inside the tasks does the shuffling.
     # from_items, not range: range's read tasks ask 1 CPU each, which concurrent trials may never have
-    ds = ray.data.from_items([{"id": b} for b in range(n_batches)], override_num_blocks=n_batches)
+    ds = ray.data.from_items([{"id": t} for t in range(n_tasks)], override_num_blocks=n_tasks)
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
                           concurrency=cfg.data.decode_concurrency,
                           fn_kwargs={"records": ray.put(record_table(rows)), "spec": view_spec(cfg, views),
-                                     "noise": noise_spec(cfg), "state": state, "run_name": run_name,
-                                     "seed": cfg.run.seed,
-                                     "batch_size": per_worker})
+                                     "state": state, "run_name": run_name, "seed": cfg.run.seed,
+                                     "clips_per_task": c})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from beray.augment.be import NoiseSpec
 from beray.config import Config
 from beray.data.views import Views
 from beray.methods.moco import MoCoBE
@@ -45,6 +46,11 @@ def method_views(cfg: Config) -> Views:
     """What the configured method needs of each video (its own declaration), for the pipeline."""
     cls, kwargs = _method(cfg)
     return cls.views_for(**kwargs)
+
+
+def noise_spec(cfg: Config) -> NoiseSpec:
+    """The noise that makes x_d from x_v (``be``)."""
+    return NoiseSpec(cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
