@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from beray.augment.spatial import AugmentConfig, augment_a, two_views
+from beray.augment.spatial import augment_a, two_views
+from beray.config import AugmentConfig
 
 
 def _static_clip(t=8, h=48, w=64):

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from beray.augment.be import NOISES, NoiseSpec, add_noise, add_static_frame, distract, get_noise
+from beray.augment.be import NOISES, add_noise, add_static_frame, distract, get_noise
+from beray.config import BEConfig
 
 B, C, T, H, W = 6, 3, 8, 16, 16
 
@@ -145,16 +146,16 @@ def test_a_batch_noise_depends_on_the_batch_alone_and_gamma_scales_the_same_draw
     """Two models on one stream (a pack) draw their noise from (seed, epoch, videos, noise type) only."""
     x_v = torch.randint(0, 256, (4, T, 3, 8, 8), dtype=torch.uint8)  # BTCHW, as batches arrive
     batch = {"x_v": x_v, "index": torch.tensor([7, 2, 9, 4]), "label": torch.zeros(4)}
-    a = add_noise(batch, NoiseSpec("intra_frame", 0.3), seed=5, epoch=2)
+    a = add_noise(batch, BEConfig(noise="intra_frame", gamma=0.3), seed=5, epoch=2)
     assert set(a) == {"x_d", "index", "label"} and "x_v" in batch and a["x_d"].dtype == torch.uint8
     torch.manual_seed(123)  # whatever ran before, in the same process
-    other = add_noise(batch, NoiseSpec("mixup", 0.5), seed=5, epoch=2)
-    b = add_noise(batch, NoiseSpec("intra_frame", 0.3), seed=5, epoch=2)
+    other = add_noise(batch, BEConfig(noise="mixup", gamma=0.5), seed=5, epoch=2)
+    b = add_noise(batch, BEConfig(noise="intra_frame", gamma=0.3), seed=5, epoch=2)
     assert torch.equal(a["x_d"], b["x_d"]) and not torch.equal(other["x_d"], a["x_d"])
-    assert not torch.equal(add_noise(batch, NoiseSpec("intra_frame", 0.3), seed=5, epoch=3)["x_d"], a["x_d"])
+    assert not torch.equal(add_noise(batch, BEConfig(noise="intra_frame", gamma=0.3), seed=5, epoch=3)["x_d"], a["x_d"])
     moved = {**batch, "index": torch.tensor([2, 7, 9, 4])}  # other videos: other draws
-    assert not torch.equal(add_noise(moved, NoiseSpec("intra_frame", 0.3), seed=5, epoch=2)["x_d"], a["x_d"])
+    assert not torch.equal(add_noise(moved, BEConfig(noise="intra_frame", gamma=0.3), seed=5, epoch=2)["x_d"], a["x_d"])
     # the same noise type with twice the gamma: the same frames and lam draws, twice the step from x_v
-    d = add_noise(batch, NoiseSpec("intra_frame", 0.6), seed=5, epoch=2)["x_d"].float() - x_v.float()
+    d = add_noise(batch, BEConfig(noise="intra_frame", gamma=0.6), seed=5, epoch=2)["x_d"].float() - x_v.float()
     step = a["x_d"].float() - x_v.float()
     assert step.abs().max() > 5 and (d - 2 * step).abs().max() <= 1.5

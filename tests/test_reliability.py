@@ -13,11 +13,12 @@ import pytest
 import ray
 import torch
 
+from beray.batch import Views
+from beray.config import AugmentConfig
 from beray.data.encode import write_video
 from beray.data.pipeline import decode_batch, record_table, run_data
 from beray.data.video import VideoReadError, read_clip
-from beray.data.views import Views, ViewSpec
-from beray.augment.spatial import AugmentConfig
+from beray.data.views import ViewSpec
 from beray.train.checkpoint import STATE_FILE, load_state
 
 

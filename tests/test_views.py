@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import clip_index, write_indexed
 
-from beray.augment.spatial import AugmentConfig
-from beray.config import load_config
+from beray.batch import Views
+from beray.config import AugmentConfig, load_config
 from beray.data import sampling
-from beray.data.views import ViewMaker, Views, ViewSpec, video_rng
+from beray.data.views import ViewMaker, ViewSpec, video_rng
 from beray.methods.build import method_views
 
 # no crop, rotation or jitter: the frames' index bands stay readable after A

@@ -18,12 +18,14 @@ the same x_v, with draws that depend only on (seed, epoch, the batch's videos, n
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from beray.config import BEConfig
 
 LAYOUTS = ("BCTHW", "BTCHW")
 
@@ -208,15 +210,6 @@ def distract(x_v: Tensor, noise: str = "intra_frame", gamma: float = 0.3, genera
     return get_noise(noise)(x_v, gamma, generator, layout, **options)
 
 
-@dataclass(frozen=True)
-class NoiseSpec:
-    """x_d = noise(x_v): the noise type of Table 4 (or FAME) and its parameters."""
-
-    noise: str = "intra_frame"
-    gamma: float = 0.3
-    fg_ratio: float = 0.3  # FAME only
-
-
 def noise_generator(seed: int, epoch: int, noise: str, indices: Tensor) -> torch.Generator:
     """The CPU generator of one batch's noise draws, seeded from (run seed, epoch, noise type, the
     batch's video indices) and from nothing global: the same batch gets the same draws whatever else
@@ -225,8 +218,8 @@ def noise_generator(seed: int, epoch: int, noise: str, indices: Tensor) -> torch
     return torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
 
 
-def add_noise(batch: dict[str, Tensor], noise: NoiseSpec, seed: int, epoch: int) -> dict[str, Tensor]:
-    """A new batch with x_d = noise(x_v) (Eq. 1 for intra_frame) in place of x_v, on x_v's device, for
+def add_noise(batch: dict[str, Tensor], be: BEConfig, seed: int, epoch: int) -> dict[str, Tensor]:
+    """A new batch with x_d = noise(x_v) under ``be`` (Eq. 1 for intra_frame) in place of x_v, on x_v's device, for
     uint8 clips (B, T, C, H, W) or (B, clips, T, C, H, W); ``batch['index']`` names its videos. A batch
     without x_v (a method that asked for no distracting view) comes back unchanged."""
     if "x_v" not in batch:
@@ -235,7 +228,7 @@ def add_noise(batch: dict[str, Tensor], noise: NoiseSpec, seed: int, epoch: int)
     x_v = out.pop("x_v")
     shape = x_v.shape
     flat = x_v.reshape(-1, *shape[-4:])
-    options = {"fg_ratio": noise.fg_ratio} if noise.noise == "fame" else {}
-    g = noise_generator(seed, epoch, noise.noise, torch.as_tensor(batch["index"]))
-    out["x_d"] = distract(flat, noise.noise, noise.gamma, g, layout="BTCHW", **options).reshape(shape)
+    options = {"fg_ratio": be.fg_ratio} if be.noise == "fame" else {}
+    g = noise_generator(seed, epoch, be.noise, torch.as_tensor(batch["index"]))
+    out["x_d"] = distract(flat, be.noise, be.gamma, g, layout="BTCHW", **options).reshape(shape)
     return out

@@ -8,10 +8,11 @@ locations. No horizontal flip: it would turn "moving left" into "moving right".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from beray.config import AugmentConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -19,17 +20,8 @@ if TYPE_CHECKING:
     from torchvision.transforms import v2
 
 # torch and torchvision are imported by the functions that use them: every Ray Data plan of the training
-# stream carries an AugmentConfig, and the coordinator actors that unpickle a plan (Ray Data's split
+# stream carries the augment section, and the coordinator actors that unpickle a plan (Ray Data's split
 # coordinator, Ray Train's dataset manager) should not pay seconds of imports they never use.
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    size: int = 112  # output side: 112 or 224 in the paper
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the random crop
-    rotation: float = 10.0  # at most this many degrees (paper: "less than 10 degrees")
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
 
 
 def augment_a(config: AugmentConfig = AugmentConfig()) -> v2.Transform:

@@ -27,7 +27,7 @@ from beray.config import Config, load_config
 from beray.augment.be import add_noise
 from beray.data.pipeline import training_records, view_spec
 from beray.data.views import ViewMaker, video_rng
-from beray.methods.build import build_method, make_optimizer, method_views, noise_spec, train_step
+from beray.methods.build import build_method, make_optimizer, method_views, train_step
 
 
 class _Views(Dataset):
@@ -62,10 +62,9 @@ def _stepper(cfg: Config, device: torch.device):
     optimizer = make_optimizer(model, cfg)
     amp = cfg.optim.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    noise = noise_spec(cfg)
 
     def step(batch: dict[str, torch.Tensor], epoch: int) -> float:
-        batch = add_noise({k: v.to(device, non_blocking=True) for k, v in batch.items()}, noise, cfg.run.seed, epoch)
+        batch = add_noise({k: v.to(device, non_blocking=True) for k, v in batch.items()}, cfg.be, cfg.run.seed, epoch)
         return train_step(model, optimizer, scaler, batch, device, amp)["loss"].item()
     return step
 

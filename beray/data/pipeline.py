@@ -33,11 +33,11 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from beray.augment.spatial import AugmentConfig as AugmentParams
+from beray.batch import Views
 from beray.config import Config
 from beray.data.datasets import DatasetError, index_dataset
 from beray.data.video import VideoReadError
-from beray.data.views import ViewMaker, Views, ViewSpec, record_row, video_rng
+from beray.data.views import ViewMaker, ViewSpec, record_row, video_rng
 
 # torch is imported by the functions that use it (in the decode tasks): see beray.augment.spatial.
 
@@ -88,10 +88,8 @@ def run_data(run_name: str):
 
 
 def view_spec(cfg: Config, views: Views) -> ViewSpec:
-    a = cfg.augment
-    return ViewSpec(views, cfg.data.num_frames, cfg.data.stride, cfg.data.decode_size,
-                    AugmentParams(a.size, tuple(a.crop_scale), a.rotation, tuple(a.jitter), a.jitter_p),
-                    cfg.data.decode_timeout_s)
+    d = cfg.data
+    return ViewSpec(views, d.num_frames, d.stride, d.decode_size, cfg.augment, d.decode_timeout_s)
 
 
 @functools.lru_cache(maxsize=4)

@@ -3,11 +3,11 @@
 Plain NumPy/PyTorch, no Ray: the Ray Data pipeline maps these over records, and
 the DataLoader baseline of ``beray.bench train`` calls the same functions.
 
-A method declares what it needs as ``Views`` (``beray.methods.build.method_views``);
+A method declares what it needs as ``beray.batch.Views`` (``beray.methods.build.method_views``);
 ``ViewMaker`` builds exactly that:
 
 - x_o and x_v: two draws of A (a^1, a^2) on the same clip(s) (Fig. 2); the noise
-  (x_d = BE(x_v)) is applied later, to whole batches.
+  (x_d = BE(x_v)) is applied later, to whole batches on the Train worker.
 - ``distract=False`` (supervised fine-tuning): x_o alone, no x_v and no noise.
 - ``clips`` > 1 (clip order prediction): that many consecutive clips per view,
   one draw of A shared by them.
@@ -26,23 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beray.augment.spatial import AugmentConfig, augment_a, to_video
+from beray.augment.spatial import augment_a, to_video
+from beray.batch import Views
+from beray.config import AugmentConfig
 from beray.data import sampling
 from beray.data.datasets import VideoRecord
 from beray.data.video import VideoReader
-
-
-@dataclass(frozen=True)
-class Views:
-    """What a method needs of each video; the pipeline decodes and ships nothing else."""
-
-    clips: int = 1  # consecutive clips per view (clip order prediction: 3)
-    hard_negative: bool = False  # also x_h and h_valid (MoCo + BE, Eq. 7)
-    distract: bool = True  # x_v, from which the pipeline makes x_d (False: x_o alone, as fine-tuning needs)
-
-    def __post_init__(self):
-        if self.clips < 1 or (self.clips > 1 and self.hard_negative) or (self.hard_negative and not self.distract):
-            raise ValueError(f"unsupported views: {self}")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from beray.augment.be import NoiseSpec
+from beray.batch import CLIPS, Views
 from beray.config import Config
-from beray.data.views import Views
 from beray.methods.moco import MoCoBE
 from beray.methods.pretext import PRETEXTS
 from beray.methods.supervised import Classifier
@@ -48,11 +47,6 @@ def method_views(cfg: Config) -> Views:
     return cls.views_for(**kwargs)
 
 
-def noise_spec(cfg: Config) -> NoiseSpec:
-    """The noise that makes x_d from x_v (``be``)."""
-    return NoiseSpec(cfg.be.noise, cfg.be.gamma, cfg.be.fg_ratio)
-
-
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """The optimiser over the trainable parameters (MoCo's key encoder is not): SGD with the Sec. 4.1
     settings, or AdamW (decoupled weight decay) for the small synthetic presets."""
@@ -73,7 +67,6 @@ def prepare_clips(x: Tensor, device: torch.device) -> Tensor:
     return x.transpose(-4, -3)
 
 
-CLIPS = ("x_o", "x_d", "x_h")
 
 
 def method_loss(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beray.data.views import Views
+from beray.batch import Views
 
 
 class Projection(nn.Module):

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beray.data.views import Views
+from beray.batch import Views
 
 __all__ = [
     "PRETEXTS", "Pretext", "RotNet", "CubicPuzzle", "ClipOrder", "build_pretext",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beray.data.views import Views
+from beray.batch import Views
 
 
 class Classifier(nn.Module):

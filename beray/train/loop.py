@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from beray.config import Config
 from beray.augment.be import add_noise
-from beray.methods.build import build_method, encoder, make_optimizer, noise_spec, train_step
+from beray.methods.build import build_method, encoder, make_optimizer, train_step
 from beray.train.checkpoint import backbone_weights, load_state, load_weights, read_state, save_state
 from beray.train.monitor import Monitor, say
 
@@ -84,7 +84,6 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     torch.set_num_threads(cfg.run.torch_threads or max(1, len(os.sched_getaffinity(0)) // ctx.get_local_world_size()))
     shard = ray.train.get_dataset_shard("train")
     per_worker = o.batch_size // world
-    noise = noise_spec(cfg)
     monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every, tell)
     history = []
 
@@ -103,7 +102,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             if batch is None:
                 break
             t1 = time.perf_counter()
-            batch = add_noise(batch, noise, cfg.run.seed, epoch)  # x_d on the device, drawn from this batch alone
+            batch = add_noise(batch, cfg.be, cfg.run.seed, epoch)  # x_d on the device, drawn from this batch alone
             out = train_step(model, optimizer, scaler, batch, device, use_amp)
             loss = out["loss"].item()  # also waits for the device, so the step time is real
             if not math.isfinite(loss):
