@@ -105,7 +105,8 @@ def wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
 
 # Every line that beray's train and sweep commands print, by its start: their own lines, the sweep's
 # report (markdown), and blank lines. Anything else on their console is Ray's and belongs in the log.
-BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|config|TensorBoard|resume): "
+BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|config|TensorBoard|resume|run folder): "
+                        r"|(  )?member [\w.+=-]+: "
                         r"|Ray's log: |warning: |error: |continue from |waiting for |\[\d\d:\d\d:\d\d\] "
                         r"|# Sweep |objective: |\||best: |!\[|TensorBoard of every trial|paired differences: "
                         r"|one seed cannot |highest mean |lowest mean |no point is ahead |one point: |reference column: |floors, from "

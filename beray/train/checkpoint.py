@@ -71,13 +71,15 @@ class CheckpointError(Exception):
 
 def find_state(path: str | Path) -> Path:
     """The ``state.pt`` that ``path`` names: the file itself, a checkpoint directory, or a run
-    directory (its last checkpoint). CheckpointError saying what was expected otherwise."""
+    directory or a pack member's directory (its last checkpoint). CheckpointError saying what was expected otherwise."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if (p / STATE_FILE).is_file():
         return p / STATE_FILE
     ckpts = sorted(c for c in p.glob("checkpoint_*") if (c / STATE_FILE).is_file()) if p.is_dir() else []
+    if not ckpts and p.is_dir():  # a pack's member: its states are in the job's checkpoints, under its name
+        ckpts = sorted(c / p.name for c in p.parent.glob("checkpoint_*") if (c / p.name / STATE_FILE).is_file())
     if ckpts:  # Ray Train names them by time: the last in name order is the newest
         return ckpts[-1] / STATE_FILE
     what = "does not exist" if not p.exists() else "holds no state.pt and no checkpoint_*/state.pt"

@@ -22,6 +22,9 @@ from beray.console import say
 from beray.runtime import init_ray, missing_local_gpus, waiting_for_gpus
 
 
+MEMBERS_FILE = "members.yaml"  # a pack's members, as their overrides of the run's config.yaml
+
+
 @dataclass
 class RunInfo:
     name: str
@@ -38,17 +41,20 @@ def run_dir(cfg: Config, name: str) -> str:
     return st.join(st.resolve(cfg.run.storage), name)
 
 
-def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = False):
+def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = False, members: list[list[str]] = ()):
     """The TorchTrainer of run ``name`` (resuming when its storage holds checkpoints), with Ray
     Train ``callbacks``; ``echo``: rank 0's lines go to the driver's terminal (``fit`` prints them).
-    Raises DatasetError before Ray starts when the data is not there."""
+    ``members``: one list of overrides of ``cfg`` per member of a pack (none: ``cfg`` alone).
+    Raises DatasetError before Ray starts when the data is not there, ConfigError for a bad pack."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from beray.data.pipeline import build_dataset, run_data, training_records
     from beray.methods.build import method_views
     from beray.train.loop import train_loop_per_worker
+    from beray.train.pack import make_pack
 
+    pack = make_pack(cfg, list(members))  # a bad member fails here, before Ray starts
     rows = training_records(cfg)  # a bad dataset fails here, before Ray starts
     storage = st.resolve(cfg.run.storage)
     directory = st.join(storage, name)
@@ -56,6 +62,9 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
         saved = load_run_config(directory)
     except FileNotFoundError:
         saved = None
+    if saved is not None and load_members(directory) != [list(m) for m in members]:
+        raise ConfigError(f"{directory} already holds a run with other members ({load_members(directory) or 'none'}),"
+                          " which this one would resume; pick another run.name")
     if saved is not None:  # Ray Train resumes a run of this name: only what a resume allows may change
         try:
             resume_changes(saved, cfg)
@@ -66,6 +75,11 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
         raise ConfigError(why)
     try:
         st.write_text(st.join(directory, "config.yaml"), to_yaml(cfg))
+        if members:
+            st.write_text(st.join(directory, MEMBERS_FILE), yaml.safe_dump([list(m) for m in members]))
+        for m in pack:
+            if m.name:
+                st.write_text(st.join(directory, m.name, "config.yaml"), to_yaml(m.cfg))
     except (OSError, pa.ArrowException) as e:
         raise ConfigError(f"run.storage: cannot write the run's files to {directory}: {e}") from None
     init_ray()
@@ -79,7 +93,10 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": name, "run_data": state,
-                           "tensorboard": st.join(directory, "tensorboard"), "echo": echo},
+                           "members": [(m.name, m.cfg.model_dump(mode="json")) for m in pack],
+                           "tensorboard": {m.name: st.join(directory, m.name, "tensorboard") if m.name
+                                           else st.join(directory, "tensorboard") for m in pack},
+                           "echo": echo},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -89,11 +106,12 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     )
 
 
-def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool = False) -> RunInfo:
-    """Pretrain ``cfg`` with ``cfg.run.workers`` Ray Train workers; resumes when ``name`` has checkpoints.
-    ``echo``: print rank 0's epoch lines here, as they come."""
+def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool = False,
+        members: list[list[str]] = ()) -> RunInfo:
+    """Pretrain ``cfg`` (or the pack of its ``members``) with ``cfg.run.workers`` Ray Train workers;
+    resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
     name = name or run_name(cfg)
-    trainer = make_trainer(cfg, name, callbacks, echo)
+    trainer = make_trainer(cfg, name, callbacks, echo, members)
     state = trainer.train_loop_config["run_data"]
     stop = threading.Event()
     printer = threading.Thread(target=_echo, args=(state, stop), daemon=True) if echo else None
@@ -127,6 +145,14 @@ def _echo(state, stop: threading.Event, every_s: float = 0.5) -> None:
         shown += len(lines)
         if stopping:
             return
+
+
+def load_members(directory: str) -> list[list[str]]:
+    """The members of the pack in ``directory`` (their overrides), [] for a run of one."""
+    try:
+        return yaml.safe_load(st.read_text(st.join(st.resolve(directory), MEMBERS_FILE))) or []
+    except FileNotFoundError:
+        return []
 
 
 def load_run_config(directory: str) -> Config:

@@ -10,10 +10,14 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray.train
@@ -26,6 +30,8 @@ from beray.augment.be import add_noise
 from beray.methods.build import build_method, encoder, make_optimizer, train_step
 from beray.train.checkpoint import backbone_weights, load_state, load_weights, read_state, save_state
 from beray.train.monitor import Monitor, say
+
+PACK_FILE = "pack.json"  # in a pack's checkpoints: the epoch and the members that failed, with why
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -42,15 +48,43 @@ def sum_over_ranks(x: float, device: torch.device) -> float:
     return t.item()
 
 
-def train_loop_per_worker(config: dict) -> list[dict]:
-    """Train ``config['cfg']`` from its last checkpoint to the last epoch; returns this attempt's epoch metrics."""
-    cfg = Config.model_validate(config["cfg"])
-    run_name = config["run_name"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    device = ray.train.torch.get_device()
+@dataclass
+class _Member:
+    """One member's model and training state on this worker, and its torch RNG between its steps."""
 
+    name: str
+    cfg: Config
+    saved: dict  # its config as checkpoints hold it
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    monitor: Monitor
+    rng: tuple = ()
+    failed: str | None = None  # why it stopped (a non-finite loss); the others go on
+    loss_sum: float = 0.0
+    masked: float = 0.0
+    step_s: float = 0.0
+
+    def seed(self, seed: int, device: torch.device) -> None:
+        """Start this member's own torch RNG at ``seed`` (the pack's RNG is not shared between members)."""
+        torch.manual_seed(seed)
+        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+    @contextmanager
+    def own_rng(self, device: torch.device):
+        torch.set_rng_state(self.rng[0])
+        if self.rng[1] is not None:
+            torch.cuda.set_rng_state(self.rng[1], device)
+        try:
+            yield
+        finally:
+            self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _build_member(name: str, saved: dict, config: dict, rank: int, device: torch.device, tell) -> _Member:
+    cfg = Config.model_validate(saved)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and in any pack (DDP broadcasts rank 0's)
     model = build_method(cfg)
     if cfg.model.pretrained:  # fine-tuning: the pre-trained backbone, a new head (Sec. 4.1)
         state, f = read_state(cfg.model.pretrained)
@@ -60,9 +94,27 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     o = cfg.optim
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=o.lr_decay)
-    use_amp = o.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=o.amp and device.type == "cuda")
+    label = config["run_name"] + (f"/{name}" if name else "")
+    member_tell = (lambda line: tell(f"member {name}: {line}")) if name else tell
+    monitor = Monitor(config["tensorboard"][name], label, rank, o.epochs, cfg.run.log_every, member_tell)
+    return _Member(name, cfg, saved, model, optimizer, scheduler, scaler, monitor)
 
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any Train worker."""
+    return sum_over_ranks(float(flag), device) > 0
+
+
+def train_loop_per_worker(config: dict) -> list[dict]:
+    """Train every member of ``config['members']`` on one stream, from the job's last checkpoint to the
+    last epoch. Returns this attempt's epoch metrics: one dict per epoch for a pack of one, else one dict
+    per epoch with each member's metrics under ``members``."""
+    cfg = Config.model_validate(config["cfg"])
+    run_name = config["run_name"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
     data = config["run_data"]
 
     def tell(line: str) -> None:
@@ -72,75 +124,117 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         else:
             say(line)
 
+    members = [_build_member(n, c, config, rank, device, tell) for n, c in config["members"]]
+    solo = len(members) == 1 and not members[0].name
     start_epoch, global_step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = load_state(d, model, optimizer, scheduler, scaler)
-        start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
+            pack = json.loads((Path(d) / PACK_FILE).read_text()) if not solo else {}
+            for m in members:
+                m.failed = pack.get("failed", {}).get(m.name)
+                if m.failed is None:
+                    state = load_state(os.path.join(d, m.name), m.model, m.optimizer, m.scheduler, m.scaler)
+                    start_epoch, global_step = state["epoch"] + 1, state.get("global_step", 0)
+            if pack:
+                start_epoch = pack["epoch"] + 1
         if rank == 0:
             tell(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
 
     torch.set_num_threads(cfg.run.torch_threads or max(1, len(os.sched_getaffinity(0)) // ctx.get_local_world_size()))
     shard = ray.train.get_dataset_shard("train")
+    o = cfg.optim
     per_worker = o.batch_size // world
-    monitor = Monitor(config["tensorboard"], run_name, rank, o.epochs, cfg.run.log_every, tell)
     history = []
 
     for epoch in range(start_epoch, o.epochs):
-        model.train()
-        torch.manual_seed(epoch_seed(cfg.run.seed, epoch, rank))
+        live = [m for m in members if m.failed is None]
+        for m in live:
+            m.model.train()
+            m.seed(epoch_seed(cfg.run.seed, epoch, rank), device)
+            m.loss_sum = m.masked = m.step_s = 0.0
         ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the epoch (Ray Data waits for all)
-        lr = optimizer.param_groups[0]["lr"]
         batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
                                                 drop_last=True, pin_memory=device.type == "cuda"))
-        n_steps, loss_sum, masked, wait, t_epoch = 0, 0.0, 0.0, 0.0, time.perf_counter()
+        n_steps, wait, t_epoch = 0, 0.0, time.perf_counter()
         first_wait = first_step = 0.0  # the first batch also waits for the epoch's pipeline to start
-        while cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch:
+        while live and (cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch):
             t0 = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
                 break
             t1 = time.perf_counter()
-            batch = add_noise(batch, cfg.be, cfg.run.seed, epoch)  # x_d on the device, drawn from this batch alone
-            out = train_step(model, optimizer, scaler, batch, device, use_amp)
-            loss = out["loss"].item()  # also waits for the device, so the step time is real
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1}, step {n_steps + 1}; "
-                                         "lower optim.lr or turn off optim.amp")
+            losses = {}
+            for m in live:  # one after another on the same batch; each step's activations are freed before the next
+                ts = time.perf_counter()
+                with m.own_rng(device):
+                    x = add_noise(batch, m.cfg.be, cfg.run.seed, epoch)  # x_d on the device, drawn from this batch alone
+                    out = train_step(m.model, m.optimizer, m.scaler, x, device, m.scaler.is_enabled())
+                loss = out["loss"].item()  # also waits for the device, so the step time is real
+                if any_rank(not math.isfinite(loss), device):
+                    m.failed = (f"loss is {loss} at epoch {epoch + 1}, step {n_steps + 1}; lower optim.lr or "
+                                "turn off optim.amp")
+                    if solo:
+                        raise FloatingPointError(m.failed)
+                    if rank == 0:
+                        tell(f"member {m.name}: failed: {m.failed}; the other members go on")
+                    continue
+                m.step_s += time.perf_counter() - ts
+                if n_steps == 0 and m.cfg.run.images_every and epoch % m.cfg.run.images_every == 0:
+                    m.monitor.images(global_step, x)
+                losses[m.name] = (loss, {k: v.detach().item() for k, v in out.items() if k != "loss"})
+                del out, x
             t2 = time.perf_counter()
-            if n_steps == 0 and cfg.run.images_every and epoch % cfg.run.images_every == 0:
-                monitor.images(global_step, batch)
-            logged = {k: v.detach().item() for k, v in out.items() if k != "loss"}
-            masked += logged.get("hard_negative_masked", 0.0)
+            live = [m for m in live if m.failed is None]
             wait += t1 - t0
             if n_steps == 0:
-                first_wait, first_step = t1 - t0, time.perf_counter() - t0
-            loss_sum += loss
+                first_wait, first_step = t1 - t0, t2 - t0
             n_steps += 1
             global_step += 1
-            monitor.step(epoch, n_steps - 1, global_step, {
-                "loss": loss, "lr": lr, "clips_per_s": world * per_worker / (t2 - t0),
-                "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0), **logged})
-        if n_steps == 0:
+            for m in live:
+                loss, logged = losses[m.name]
+                m.loss_sum += loss
+                m.masked += logged.get("hard_negative_masked", 0.0)
+                m.monitor.step(epoch, n_steps - 1, global_step, {
+                    "loss": loss, "lr": m.optimizer.param_groups[0]["lr"], "clips_per_s": world * per_worker / (t2 - t0),
+                    "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0), **logged})
+        if n_steps == 0 and live:
             raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "
                                "the data has fewer readable videos than optim.batch_size")
-        scheduler.step()
         elapsed = time.perf_counter() - t_epoch
         skipped = ray.get(data.drain.remote()) if rank == 0 else {}
-        metrics = {"epoch": epoch + 1, "loss": loss_sum / n_steps, "lr": lr, "steps": n_steps,
-                   "clips": world * per_worker * n_steps, "hard_negatives_masked": sum_over_ranks(masked, device),
-                   "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
-                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
-                   "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
+        shared = {"epoch": epoch + 1, "steps": n_steps, "clips": world * per_worker * n_steps,
+                  "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
+                  "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
+                  "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
+        per_member = {}
+        for m in live:
+            lr = m.optimizer.param_groups[0]["lr"]
+            m.scheduler.step()
+            per_member[m.name] = metrics = {**shared, "loss": m.loss_sum / n_steps, "lr": lr,
+                                            "hard_negatives_masked": sum_over_ranks(m.masked, device)}
+            m.monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items()
+                                                  if isinstance(v, (int, float)) and k != "epoch"}, skipped)
+        failed = {m.name: m.failed for m in members if m.failed is not None}
+        if solo:
+            metrics = per_member[""]
+        else:
+            metrics = {**shared, "members": per_member, "failed": failed}
         history.append(metrics)
-        monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items()
-                                            if isinstance(v, (int, float)) and k != "epoch"}, skipped)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_state(tmp, model, optimizer, scheduler, scaler, epoch, config["cfg"], global_step)
+                for m in live:
+                    os.makedirs(os.path.join(tmp, m.name), exist_ok=True)
+                    with m.own_rng(device):  # its own RNG state is what it resumes with
+                        save_state(os.path.join(tmp, m.name), m.model, m.optimizer, m.scheduler, m.scaler, epoch,
+                                   m.saved, global_step)
+                if not solo:
+                    (Path(tmp) / PACK_FILE).write_text(json.dumps({"epoch": epoch, "failed": failed}))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
-    monitor.close()
+        if not live:
+            break
+    for m in members:
+        m.monitor.close()
     return history

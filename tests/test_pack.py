@@ -1,0 +1,63 @@
+"""Packs: several members trained by one Ray Train job on one decoded stream, each as its solo run would be."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+from beray.config import ConfigError, load_config
+from beray.train.checkpoint import find_state
+from beray.train.launch import fit
+from beray.train.pack import make_pack, member_name, parse_member
+
+NONE, BE = ["be.noise=none"], ["be.noise=intra_frame", "be.gamma=0.5"]
+FAILING = ["method.tau=1e-45"]  # logits / tau overflow to inf: the loss is NaN at the first step
+
+
+def _cfg(tiny_synth, storage, name, epochs, extra=()):
+    overrides = tiny_overrides(tiny_synth, storage, name, epochs) + [
+        "run.workers=1", "run.cpus_per_worker=1", "run.images_every=0", *extra]
+    return load_config(None, overrides, preset="cpu-tiny")
+
+
+def _losses(history, member=None) -> list[float]:
+    return [(h["members"][member] if member else h)["loss"] for h in history]
+
+
+def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_failing_one(
+        ray_cluster, tiny_synth, tmp_path):
+    members = [NONE, BE, FAILING]
+    first = fit(_cfg(tiny_synth, tmp_path, "pack", 1), members=members)  # stopped after epoch 1 ...
+    last = fit(_cfg(tiny_synth, tmp_path, "pack", 2), members=members)  # ... and resumed for epoch 2
+    history = first.metrics["history"] + last.metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and last.metrics["history"][0]["resumed_from_epoch"] == 1
+    failing = member_name(FAILING)
+    for h in history:  # failed at its first step, reported with why, and never trained again
+        assert failing not in h["members"] and "loss is nan" in h["failed"][failing]
+    for overrides in (NONE, BE):
+        solo = fit(_cfg(tiny_synth, tmp_path, f"solo-{member_name(overrides)}", 2, overrides))
+        # the same seed, the same stream, the same draws: the same losses to every digit
+        assert _losses(history, member_name(overrides)) == _losses(solo.metrics["history"])
+    folder = tmp_path / "pack" / member_name(BE)
+    assert load_config(folder / "config.yaml").be.gamma == 0.5
+    state = find_state(folder)  # a member's folder reads as a run's: its last checkpoint
+    assert state.parent.name == member_name(BE) and Path(last.checkpoint) == state.parent.parent
+    assert json.loads((state.parent.parent / "pack.json").read_text())["failed"].keys() == {failing}
+
+
+def test_members_that_would_change_the_shared_stream_are_refused_naming_the_setting(tiny_synth, tmp_path):
+    cfg = _cfg(tiny_synth, tmp_path, "refused", 1)
+    assert parse_member("be.noise=none, be.gamma=0.5") == ["be.noise=none", "be.gamma=0.5"]
+    assert [m.name for m in make_pack(cfg, [NONE, BE])] == ["noise-none", "noise-intra_frame_gamma-0.5"]
+    for bad, field in ((["data.num_frames=8"], "data.num_frames"), (["optim.batch_size=8"], "optim.batch_size"),
+                       (["run.seed=3"], "run.seed"), (["method.name=rotnet"], "views"),
+                       (["be.gamma=7"], "be.gamma")):
+        with pytest.raises(ConfigError, match=field):
+            make_pack(cfg, [NONE, bad])
+    with pytest.raises(ConfigError, match="given twice"):
+        make_pack(cfg, [NONE, NONE])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_member("intra_frame")
