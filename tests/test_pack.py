@@ -41,6 +41,8 @@ def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_fa
         solo = fit(_cfg(tiny_synth, tmp_path, f"solo-{member_name(overrides)}", 2, overrides))
         # the same seed, the same stream, the same draws: the same losses to every digit
         assert _losses(history, member_name(overrides)) == _losses(solo.metrics["history"])
+        # ... from one decoding of each clip for all three members: as many as one run decodes
+        assert first.metrics["decode_clips"] + last.metrics["decode_clips"] == solo.metrics["decode_clips"] == 24
     folder = tmp_path / "pack" / member_name(BE)
     assert load_config(folder / "config.yaml").be.gamma == 0.5
     state = find_state(folder)  # a member's folder reads as a run's: its last checkpoint

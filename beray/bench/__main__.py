@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: one GPU per Train worker, the other paths on CUDA (default cpu)")
+    t.add_argument("--members", type=int, metavar="N",
+                   help="instead: one pack of N members (be.gamma 0, 0.1, ...) against the same N runs one after "
+                        "another: wall time and decode CPU-seconds (--epochs default 3)")
     k = sub.add_parser("soak", help="resident memory over many clips: the reader, then the Ray Data pipeline")
     k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
     k.add_argument("--epoch-clips", type=int, default=4_800,
@@ -49,11 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import importlib
 
-    bench = importlib.import_module(f"beray.bench.{args.name}")
+    if getattr(args, "members", None) is not None and args.members < 2:
+        print("error: --members: a pack needs at least 2 members", file=sys.stderr)
+        return 2
+    packed = args.name == "train" and args.members is not None
+    bench = importlib.import_module("beray.bench.pack" if packed else f"beray.bench.{args.name}")
     runs = {
         "decode": lambda: bench.run(bench.DecodeBench(videos_per_format=args.videos, clips_per_video=args.clips)),
         "be": lambda: bench.run(args.device),
-        "train": lambda: bench.run(args.preset, args.overrides, args.epochs, args.device),
+        "train": lambda: (bench.run(args.preset, args.overrides, args.epochs if args.epochs != 4 else 3, args.members)
+                          if packed else bench.run(args.preset, args.overrides, args.epochs, args.device)),
         "extract": lambda: bench.run(args.preset, args.overrides, args.batch_size),
         "sweep": lambda: bench.run(args.epochs),
         "soak": lambda: bench.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json),

@@ -26,6 +26,7 @@ Ray metric and records its path and reason; the training loop drains them every 
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from typing import Callable
 
@@ -44,14 +45,23 @@ from beray.data.views import ViewMaker, ViewSpec, record_row, video_rng
 
 @ray.remote(num_cpus=0)
 class RunData:
-    """A run's data state: the epoch being drawn, the unreadable videos (path -> reason), and the lines
-    rank 0 has for the driver's terminal (beray's console: Ray's own output goes to a log)."""
+    """A run's data state: the epoch being drawn, the unreadable videos (path -> reason), the CPU-seconds
+    its decode tasks spent, and the lines rank 0 has for the driver's terminal (beray's console: Ray's own
+    output goes to a log)."""
 
     def __init__(self):
         self.epoch = 0
         self.new: dict[str, str] = {}
         self.total: dict[str, str] = {}
         self.lines: list[str] = []
+        self.decode = [0.0, 0]  # CPU-seconds, clips
+
+    def add_decode(self, seconds: float, clips: int) -> None:
+        self.decode[0] += seconds
+        self.decode[1] += clips
+
+    def decoded(self) -> tuple[float, int]:
+        return tuple(self.decode)
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -130,11 +140,15 @@ def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, r
     ``RunData`` handle (None: epoch 0, skips only counted). An unreadable video is dropped,
     counted on the ``beray_skipped_videos`` metric (tagged ``run_name``) and named to ``state``.
     """
+    cpu = time.thread_time()
     table = ray.get(records) if isinstance(records, ray.ObjectRef) else records
     epoch = ray.get(state.get_epoch.remote()) if state is not None else 0
     t, c = int(batch["id"][0]), clips_per_task
     order = epoch_order(len(table["label"]), seed, epoch)
-    return make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state))
+    out = make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state))
+    if state is not None:
+        state.add_decode.remote(time.thread_time() - cpu, len(out.get("index", ())))
+    return out
 
 
 def _skip(run_name: str, state, path: str, reason: str) -> None:

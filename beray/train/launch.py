@@ -123,10 +123,11 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
         stop.set()
         if printer:
             printer.join()
-        skipped = ray.get(state.all.remote())
+        skipped, (decode_s, decode_clips) = ray.get([state.all.remote(), state.decoded.remote()])
         ray.kill(state)
     metrics = dict(result.metrics or {})
     metrics["skipped_total"] = len(skipped)
+    metrics["decode_cpu_s"], metrics["decode_clips"] = decode_s, decode_clips  # this attempt's, all members
     metrics["history"] = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
     return RunInfo(name, run_dir(cfg, name), result.checkpoint.path if result.checkpoint else None, metrics)
 
