@@ -90,20 +90,22 @@ def _manifest_with_bad_videos(synth: Path, out: Path) -> tuple[Path, list[str]]:
     return out, [str(cut), str(out / "missing.avi")]
 
 
-def test_a_killed_worker_resumes_and_bad_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):
-    # One run for two kinds of trouble: a Train worker killed mid-run, and a truncated and a missing video
-    # in the data, which every epoch (before and after the restart) skips; the run names each once.
+def test_a_killed_worker_resumes_every_member_and_bad_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):
+    # One run for two kinds of trouble: a Train worker of a 2-member pack killed mid-run, and a truncated and
+    # a missing video in the data, which every epoch (before and after the restart) skips; the run names each once.
     root, bad = _manifest_with_bad_videos(tiny_synth, tmp_path / "bad")
     overrides = tiny_overrides(root, tmp_path, "kill", epochs=4) + ["data.dataset=manifest"]
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_once_a_checkpoint_exists, args=(tmp_path / "kill", killed))
     killer.start()
-    info = fit(load_config(None, overrides, preset="cpu-tiny"), "kill")
+    info = fit(load_config(None, overrides, preset="cpu-tiny"), "kill", members=[["be.gamma=0.1"], ["be.gamma=0.3"]])
     killer.join()
     assert killed, "no Ray Train worker process was found to kill"
     assert info.metrics["epoch"] == 4  # ran to the configured end
     assert info.metrics["resumed_from_epoch"] >= 1  # restarted from a checkpoint, not from scratch
-    assert torch.load(Path(info.checkpoint) / STATE_FILE, weights_only=False)["epoch"] == 3
+    assert set(info.metrics["members"]) == {"gamma-0.1", "gamma-0.3"} and not info.metrics["failed"]
+    for member in info.metrics["members"]:  # every member resumed and finished
+        assert torch.load(Path(info.checkpoint) / member / STATE_FILE, weights_only=False)["epoch"] == 3
     assert info.metrics["skipped_total"] == 2
     assert sorted(info.metrics["skipped_paths"]) == sorted(bad)
 
@@ -112,7 +114,9 @@ def test_bad_config_exits_2_naming_the_field_before_ray_starts(tmp_path, capsys)
     from beray.train.__main__ import main
 
     for args, field in ((["--set", "be.gamma=1.5"], "be.gamma"), (["--set", "model.backbone=vgg"], "model.backbone"),
-                        (["--set", "be.noise=salt"], "be.noise"), (["--set", "optim.epoch=3"], "optim.epoch")):
+                        (["--set", "be.noise=salt"], "be.noise"), (["--set", "optim.epoch=3"], "optim.epoch"),
+                        (["--member", "be.noise=none", "--member", "data.num_frames=4"], "data.num_frames"),
+                        (["--member", "be.gama=0.5", "--member", "be.noise=none"], "be.gama")):
         assert main(args) == 2  # refused while parsing: main returns before it imports Ray
         err = capsys.readouterr().err
         assert field in err and "Traceback" not in err, err
