@@ -7,6 +7,7 @@ The same object flows from the CLI to every Ray Train worker (it is plain data).
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -273,14 +274,19 @@ def read_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None,
-                base: dict[str, Any] | None = None, check_paths: bool = True) -> Config:
+                base: dict[str, Any] | None = None, check_paths: bool = True, members: list | None = None) -> Config:
     """Preset (or the YAML's ``preset:`` key) <- YAML file <- ``--set`` overrides, validated.
 
     ``base`` (a saved run's config) replaces the preset. ``check_paths=False`` leaves out the check
-    that ``data.root`` exists here. Raises ConfigError with one line per problem, each naming the field.
+    that ``data.root`` exists here. ``members``: a list that receives the file's ``members:`` (a pack's,
+    as lists of overrides; without it that key is unknown). Raises ConfigError with one line per
+    problem, each naming the field.
     """
     tree = read_mapping(path, "config", "sections (data, be, method, ...)") if path is not None else {}
-    preset = preset or tree.pop("preset", None)
+    if members is not None and "members" in tree:
+        members.extend(_member_overrides(tree.pop("members")))
+    preset = preset or tree.pop("preset", None)  # --preset wins over the file's
+    tree.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
     tree = _merge(copy.deepcopy(base if base is not None else PRESETS.get(preset or "paper", {})), tree)
@@ -290,6 +296,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
         return Config.model_validate(tree, context={"check_paths": check_paths})
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
+
+
+def _member_overrides(items: Any) -> list[list[str]]:
+    """``members: [{be.noise: none}, {be.noise: intra_frame, be.gamma: 0.5}]`` as lists of overrides."""
+    if not isinstance(items, list) or not all(isinstance(m, dict) and m for m in items):
+        raise ConfigError("members: expected a list of mappings of settings, e.g. "
+                          "[{be.noise: none}, {be.noise: intra_frame, be.gamma: 0.5}]")
+    return [[f"{k}={json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v}"
+             for k, v in _flat(m).items()] for m in items]
 
 
 def format_errors(e: ValidationError, model: type[BaseModel] | None = None) -> str:

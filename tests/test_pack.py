@@ -63,3 +63,16 @@ def test_members_that_would_change_the_shared_stream_are_refused_naming_the_sett
         make_pack(cfg, [NONE, NONE])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_member("intra_frame")
+
+
+def test_a_run_config_lists_its_members_and_the_command_line_replaces_them(tmp_path):
+    from beray.train.__main__ import parse
+
+    f = tmp_path / "pack.yaml"
+    f.write_text("preset: cpu-tiny\nmembers:\n  - {be.noise: none}\n  - {be: {noise: intra_frame, gamma: 0.5}}\n")
+    assert parse([str(f)])[3] == [NONE, BE]
+    assert parse([str(f), "--member", "be.gamma=0.1", "--member", "be.gamma=0.2"])[3] == [["be.gamma=0.1"],
+                                                                                           ["be.gamma=0.2"]]
+    f.write_text("members: {be.noise: none}\n")
+    with pytest.raises(ConfigError, match="members: expected a list"):
+        parse([str(f)])

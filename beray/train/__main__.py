@@ -23,7 +23,8 @@ from beray.train.pack import make_pack, parse_member
 def parse(argv: list[str] | None) -> tuple[Config, str | None, bool, list[list[str]]]:
     p = argparse.ArgumentParser(prog="python -m beray.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (sections data, augment, be, method, model, optim, run)")
+    p.add_argument("config", nargs="?", help="YAML config (sections data, augment, be, method, model, optim, run; "
+                                             "members: a pack's list of settings)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="base settings (default: cpu-tiny without CONFIG, paper with one)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -58,8 +59,10 @@ def parse(argv: list[str] | None) -> tuple[Config, str | None, bool, list[list[s
         if members:
             raise ConfigError("--member with --resume: a resumed run keeps its members (RUN/members.yaml)")
         return cfg, name, args.verbose, load_members(args.resume)
-    preset = args.preset or ("paper" if args.config else "cpu-tiny")
-    cfg = load_config(args.config, overrides, preset=preset)
+    preset = args.preset or (None if args.config else "cpu-tiny")  # a config's own preset: key, else paper
+    listed: list[list[str]] = []
+    cfg = load_config(args.config, overrides, preset=preset, members=listed)
+    members = members or listed  # --member replaces the file's members:
     make_pack(cfg, members)  # a bad member is refused here, before Ray starts
     return cfg, None, args.verbose, members
 
