@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--members", type=int, metavar="N",
                    help="instead: one pack of N members (be.gamma 0, 0.1, ...) against the same N runs one after "
                         "another: wall time and decode CPU-seconds (--epochs default 3)")
+    t.add_argument("--videos", choices=("synth", "ucf"), default="synth",
+                   help="with --members: BackgroundBias-Synth, or UCF101-shaped videos (320x240) as bench decode's")
     k = sub.add_parser("soak", help="resident memory over many clips: the reader, then the Ray Data pipeline")
     k.add_argument("--clips", type=int, default=20_000, help="clips per path (default 20,000)")
     k.add_argument("--epoch-clips", type=int, default=4_800,
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {
         "decode": lambda: bench.run(bench.DecodeBench(videos_per_format=args.videos, clips_per_video=args.clips)),
         "be": lambda: bench.run(args.device),
-        "train": lambda: (bench.run(args.preset, args.overrides, args.epochs if args.epochs != 4 else 3, args.members)
+        "train": lambda: (bench.run(args.preset, args.overrides, args.epochs if args.epochs != 4 else 3, args.members,
+                                     args.videos)
                           if packed else bench.run(args.preset, args.overrides, args.epochs, args.device)),
         "extract": lambda: bench.run(args.preset, args.overrides, args.batch_size),
         "sweep": lambda: bench.run(args.epochs),
