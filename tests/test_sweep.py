@@ -109,6 +109,25 @@ def test_random_points_are_reproducible_and_inside_the_space():
     assert len(sweep.validate_trials(check_paths=False)) == 20  # every point with both seeds
 
 
+def test_trials_that_read_the_same_stream_group_into_packs_and_the_dry_run_lists_them(capsys, tmp_path):
+    tree = {"name": "k", "base": {"preset": "cpu-tiny"}, "seeds": 2, "objective": {"metric": "test_swapped.top1"},
+            "space": {"be.gamma": {"grid": [0.0, 0.1, 0.2]}, "data.stride": {"grid": [2, 4]},
+                      "optim.lr": {"grid": [0.01, 0.05]}}}
+    sweep = Sweep.model_validate(tree)
+    packs = sweep.packs(sweep.validate_trials(check_paths=False))
+    # 24 trials; a stream is (seed, stride): 4 streams of 6 members, split by pack_size 4 into 4 + 2
+    assert sorted(len(p) for p in packs) == [2, 2, 2, 2, 4, 4, 4, 4]
+    for pack in packs:
+        assert len({(seed, point["data.stride"]) for point, seed, _ in pack}) == 1
+    assert sum(len(p) for p in packs) == 24
+    assert len(Sweep.model_validate({**tree, "pack": False}).packs(sweep.validate_trials(check_paths=False))) == 24
+    f = tmp_path / "k.yaml"
+    f.write_text(yaml.safe_dump({**tree, "space": {"be.gamma": {"grid": [0.0, 0.3]}}}))
+    assert main([str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 pack(s) of at most 4" in out and out.count("2 member(s), model and optimiser state ~") == 2
+
+
 def test_concurrency_counts_whole_workers_per_node_and_leaves_a_decode_task_room():
     def trials(nodes, **resources):
         sweep = Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},

@@ -38,10 +38,35 @@ def _dry_run(sweep) -> None:
         say(f"\n{len(trials)} trial(s):")
         for i, (point, seed, _) in enumerate(trials, 1):
             say(f"  {i:>3}  {describe(point, seed)}")
+        _dry_packs(sweep, trials)
     else:
         say(f"\n{sweep.search.samples} point(s) chosen by Optuna TPE, each with {len(sweep.seed_list)} seed(s); "
-              "every listed value and both ends of every range make a valid run")
+              "every listed value and both ends of every range make a valid run; Optuna chooses each point "
+              "after the last results, so its trials are not packed")
     say(f"\nresults: {results_dir(sweep)} (no Ray started)")
+
+
+def _dry_packs(sweep, trials) -> None:
+    """The packs the trials group into, their members and the model state a worker holds for them."""
+    from beray.sweep.progress import describe
+    from beray.train.pack import model_state_bytes
+
+    if not sweep.pack:
+        say("\npack: false: every trial runs as its own job")
+        return
+    packs = sweep.packs(trials)
+    sizes: dict = {}
+    say(f"\n{len(packs)} pack(s) of at most {sweep.pack_size} (pack_size): the members of a pack share their seed "
+        "and every setting the pipeline reads, and would train on one decoded stream")
+    for i, pack in enumerate(packs, 1):
+        state = sum(sizes.setdefault(repr(c.model.model_dump()) + repr(c.method.model_dump()) + c.optim.name,
+                                     model_state_bytes(c)) for _, _, c in pack)
+        say(f"  pack {i}: {len(pack)} member(s), model and optimiser state ~{state / 2**20:.0f} MiB per worker "
+            "(plus one member's activations)")
+        for point, seed, _ in pack:
+            say(f"    {describe(point, seed)}")
+    say("note: this version still trains every trial as its own job; packed training in sweeps comes next "
+        "(beray.train --member trains a pack now)")
 
 
 def _generate_synth(sweep, configs) -> None:

@@ -157,6 +157,10 @@ class Sweep(_Section):
     # left out keeps each point's own value). Default for grid search: every field's first grid value.
     baseline: dict[str, Any] | None = None
     synthetic: bool = False  # run the same space on BackgroundBias-Synth at cpu-tiny scale (see SYNTHETIC)
+    # Trials that read the same stream (the same seed and every setting the pipeline reads) train as the
+    # members of one pack, at most pack_size to a pack (grid and random search; Optuna chooses as it goes)
+    pack: bool = True
+    pack_size: int = Field(4, ge=1)
     source: str | None = None  # the file it was read from (set by load_sweep)
 
     @field_validator("name")
@@ -251,6 +255,18 @@ class Sweep(_Section):
                     _check(self, {key: value}, check_paths)
             return []
         return [(p, s, _check(self, p, check_paths)) for p in self.points() for s in self.seed_list]
+
+    def packs(self, trials: list[tuple[dict, int, Config]]) -> list[list[tuple[dict, int, Config]]]:
+        """``trials`` grouped into packs: those that share every setting the pipeline reads (the seed among
+        them), in trial order, split into packs of at most ``pack_size``; one trial each without ``pack``."""
+        from beray.train.pack import shared_settings
+
+        if not self.pack or self.search.algorithm == "optuna":
+            return [[t] for t in trials]
+        groups: dict[str, list] = {}
+        for point, seed, cfg in trials:  # cfg: the point's run config (its run.seed is not the trial's)
+            groups.setdefault(repr((seed, sorted(shared_settings(cfg).items()))), []).append((point, seed, cfg))
+        return [g[i:i + self.pack_size] for g in groups.values() for i in range(0, len(g), self.pack_size)]
 
     def check_objective(self, base: Config) -> None:
         """ConfigError unless the objective and every ``also:`` metric is a field the evaluation reports

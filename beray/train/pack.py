@@ -69,6 +69,30 @@ def make_pack(cfg: Config, members: list[list[str]]) -> list[Member]:
     return pack
 
 
+def shared_settings(cfg: Config) -> dict:
+    """What the members of one pack must share: the settings the pipeline and the job read (its name and
+    storage aside) and the views the method needs."""
+    from beray.methods.build import method_views
+
+    flat = _flat(cfg.model_dump(mode="json"))
+    return {**{k: v for k, v in flat.items() if k.startswith(SHARED) and k not in ("run.name", "run.storage")},
+            "views": method_views(cfg)}
+
+
+def model_state_bytes(cfg: Config) -> int:
+    """A member's memory on a worker besides activations: weights and buffers (MoCo's momentum encoder and
+    queue among them) plus the optimiser's state (one tensor per parameter for SGD's momentum, two for AdamW)."""
+    import torch
+
+    from beray.methods.build import build_method
+
+    with torch.device("meta"):  # shapes only: nothing allocated
+        model = build_method(cfg)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return state + trained * (2 if cfg.optim.name == "adamw" else 1)
+
+
 def check_stream(pack: list[Member]) -> None:
     """ConfigError when members differ in a setting the pipeline or the job reads, naming it."""
     from beray.methods.build import method_views
@@ -77,7 +101,8 @@ def check_stream(pack: list[Member]) -> None:
     views = method_views(pack[0].cfg)
     for m in pack[1:]:
         flat = _flat(m.cfg.model_dump(mode="json"))
-        differ = sorted(k for k in flat if k.startswith(SHARED) and flat[k] != first[k] and k != "run.name")
+        differ = sorted(k for k in flat if k.startswith(SHARED) and flat[k] != first[k]
+                        and k not in ("run.name", "run.storage"))
         if differ:
             raise ConfigError(f"member {m.name}: {differ[0]} {flat[differ[0]]!r} differs from member "
                               f"{pack[0].name}'s {first[differ[0]]!r}; the members of a pack share one data "
