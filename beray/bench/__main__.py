@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is warm-up (default 4)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: one GPU per Train worker, the other paths on CUDA (default cpu)")
+    t.add_argument("--repeats", type=int, default=1,
+                   help="Ray and DataLoader runs in turn this many times: medians and the ratio's range (default 1)")
     t.add_argument("--members", type=int, metavar="N",
                    help="instead: one pack of N members (be.gamma 0, 0.1, ...) against the same N runs one after "
                         "another: wall time and decode CPU-seconds (--epochs default 3)")
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         "be": lambda: bench.run(args.device),
         "train": lambda: (bench.run(args.preset, args.overrides, args.epochs if args.epochs != 4 else 3, args.members,
                                      args.videos)
-                          if packed else bench.run(args.preset, args.overrides, args.epochs, args.device)),
+                          if packed else bench.run(args.preset, args.overrides, args.epochs, args.device,
+                                                   args.repeats)),
         "extract": lambda: bench.run(args.preset, args.overrides, args.batch_size),
         "sweep": lambda: bench.run(args.epochs),
         "soak": lambda: bench.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json),

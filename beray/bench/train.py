@@ -121,8 +121,11 @@ def ray_steps_per_s(cfg: Config) -> tuple[float, float]:
     return steps / seconds, float(np.mean([m["data_wait_fraction"] for m in later]))
 
 
-def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4, device: str = "cpu") -> dict:
-    """``device`` cuda: one GPU per Train worker, and the DataLoader and model-only paths on CUDA."""
+def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4, device: str = "cpu",
+        repeats: int = 1) -> dict:
+    """``device`` cuda: one GPU per Train worker, and the DataLoader and model-only paths on CUDA.
+    ``repeats``: Ray and DataLoader runs taken in turn this many times; the figures are their medians, and
+    the ratio's spread is the range of the per-repeat ratios (a shared machine drifts between runs)."""
     if device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("error: --device cuda: no CUDA device on this machine")
@@ -135,13 +138,19 @@ def run(preset: str = "cpu-tiny", overrides: list[str] = (), epochs: int = 4, de
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 1)
     workers = data_cpus(cfg, cpus)
-    ray_sps, wait = ray_steps_per_s(cfg)
-    ray.shutdown()  # the DataLoader gets the machine to itself
-    dl_sps = dataloader_steps_per_s(cfg, workers, epochs)
+    runs = []
+    for _ in range(repeats):
+        init_ray()
+        ray_sps, wait = ray_steps_per_s(cfg)
+        ray.shutdown()  # the DataLoader gets the machine to itself
+        runs.append((ray_sps, wait, dataloader_steps_per_s(cfg, workers, epochs)))
+    ray_sps, wait, dl_sps = (float(np.median(col)) for col in zip(*runs))
+    ratios = [r / d for r, _, d in runs]
     model_sps = model_only_steps_per_s(cfg)
     return {
         "ray_steps_per_s": ray_sps, "dataloader_steps_per_s": dl_sps, "model_only_steps_per_s": model_sps,
-        "ray_over_dataloader": ray_sps / dl_sps, "ray_data_wait_fraction": wait, "loader_workers": workers,
+        "ray_over_dataloader": float(np.median(ratios)), "ratios": ratios, "repeats": repeats,
+        "ray_data_wait_fraction": wait, "loader_workers": workers,
         "preset": preset, "overrides": list(overrides), "batch_size": cfg.optim.batch_size,
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
     }
@@ -155,4 +164,6 @@ def print_table(res: dict) -> None:
     print(f"  {'DataLoader, ' + str(res['loader_workers']) + ' loader worker(s)':<34} "
           f"{res['dataloader_steps_per_s']:>7.2f} steps/s")
     print(f"  {'model only (clips in memory)':<34} {res['model_only_steps_per_s']:>7.2f} steps/s")
-    print(f"\n  Ray / DataLoader: {res['ray_over_dataloader']:.2f}x   (target >= 1.0x)")
+    spread = (f", median of {res['repeats']} runs in turn, range {min(res['ratios']):.2f}-{max(res['ratios']):.2f}x"
+              if res["repeats"] > 1 else "")
+    print(f"\n  Ray / DataLoader: {res['ray_over_dataloader']:.2f}x{spread}   (target >= 1.0x)")
