@@ -6,6 +6,10 @@ that leaves the step (metrics, logs, images) goes through ``.item()`` or ``.cpu(
 Every epoch reseeds this rank's RNG from (run seed, epoch, rank) and tells the data
 pipeline which epoch to draw, so a resumed run continues exactly as the
 uninterrupted one would have.
+
+The loop trains a pack (``beray.train.pack``): each member its own model, optimiser,
+scheduler, scaler and torch RNG state, stepped one after another on each batch,
+each making its own x_d from the batch's x_v. A run of one is a pack of one.
 """
 
 from __future__ import annotations
@@ -64,7 +68,6 @@ class _Member:
     failed: str | None = None  # why it stopped (a non-finite loss); the others go on
     loss_sum: float = 0.0
     masked: float = 0.0
-    step_s: float = 0.0
 
     def seed(self, seed: int, device: torch.device) -> None:
         """Start this member's own torch RNG at ``seed`` (the pack's RNG is not shared between members)."""
@@ -152,7 +155,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         for m in live:
             m.model.train()
             m.seed(epoch_seed(cfg.run.seed, epoch, rank), device)
-            m.loss_sum = m.masked = m.step_s = 0.0
+            m.loss_sum = m.masked = 0.0
         ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the epoch (Ray Data waits for all)
         batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
                                                 drop_last=True, pin_memory=device.type == "cuda"))
@@ -166,7 +169,6 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             t1 = time.perf_counter()
             losses = {}
             for m in live:  # one after another on the same batch; each step's activations are freed before the next
-                ts = time.perf_counter()
                 with m.own_rng(device):
                     x = add_noise(batch, m.cfg.be, cfg.run.seed, epoch)  # x_d on the device, drawn from this batch alone
                     out = train_step(m.model, m.optimizer, m.scaler, x, device, m.scaler.is_enabled())
@@ -179,7 +181,6 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                     if rank == 0:
                         tell(f"member {m.name}: failed: {m.failed}; the other members go on")
                     continue
-                m.step_s += time.perf_counter() - ts
                 if n_steps == 0 and m.cfg.run.images_every and epoch % m.cfg.run.images_every == 0:
                     m.monitor.images(global_step, x)
                 losses[m.name] = (loss, {k: v.detach().item() for k, v in out.items() if k != "loss"})
