@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from beray.train.launch import run_dir, run_name
 
-    name = name or run_name(cfg)
+    name = name or run_name(cfg, members)
     with console.session("train", verbose) as session:
         session.log_in(run_dir(cfg, name))
         return _run(cfg, name, members)

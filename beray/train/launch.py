@@ -33,8 +33,10 @@ class RunInfo:
     metrics: dict
 
 
-def run_name(cfg: Config) -> str:
-    return cfg.run.name or f"{cfg.method.name}-{cfg.be.noise}-{time.strftime('%Y%m%d-%H%M%S')}"
+def run_name(cfg: Config, members: list = ()) -> str:
+    """``run.name``, or method-noise-time (method-packN-time for a pack of N members)."""
+    what = f"pack{len(members)}" if members else cfg.be.noise
+    return cfg.run.name or f"{cfg.method.name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_dir(cfg: Config, name: str) -> str:
@@ -110,7 +112,7 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
         members: list[list[str]] = ()) -> RunInfo:
     """Pretrain ``cfg`` (or the pack of its ``members``) with ``cfg.run.workers`` Ray Train workers;
     resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
-    name = name or run_name(cfg)
+    name = name or run_name(cfg, members)
     trainer = make_trainer(cfg, name, callbacks, echo, members)
     state = trainer.train_loop_config["run_data"]
     stop = threading.Event()
