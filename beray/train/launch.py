@@ -56,7 +56,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     from beray.train.loop import train_loop_per_worker
     from beray.train.pack import make_pack
 
-    pack = make_pack(cfg, list(members))  # a bad member fails here, before Ray starts
+    pack = make_pack(cfg, members)  # a bad member fails here, before Ray starts
     rows = training_records(cfg)  # a bad dataset fails here, before Ray starts
     storage = st.resolve(cfg.run.storage)
     directory = st.join(storage, name)
@@ -64,8 +64,9 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
         saved = load_run_config(directory)
     except FileNotFoundError:
         saved = None
-    if saved is not None and load_members(directory) != [list(m) for m in members]:
-        raise ConfigError(f"{directory} already holds a run with other members ({load_members(directory) or 'none'}),"
+    members = [list(m) for m in members]
+    if saved is not None and (had := load_members(directory)) != members:
+        raise ConfigError(f"{directory} already holds a run with other members ({had or 'none'}),"
                           " which this one would resume; pick another run.name")
     if saved is not None:  # Ray Train resumes a run of this name: only what a resume allows may change
         try:
@@ -78,7 +79,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     try:
         st.write_text(st.join(directory, "config.yaml"), to_yaml(cfg))
         if members:
-            st.write_text(st.join(directory, MEMBERS_FILE), yaml.safe_dump([list(m) for m in members]))
+            st.write_text(st.join(directory, MEMBERS_FILE), yaml.safe_dump(members))
         for m in pack:
             if m.name:
                 st.write_text(st.join(directory, m.name, "config.yaml"), to_yaml(m.cfg))

@@ -58,7 +58,6 @@ class _Member:
 
     name: str
     cfg: Config
-    saved: dict  # its config as checkpoints hold it
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -72,7 +71,7 @@ class _Member:
     def seed(self, seed: int, device: torch.device) -> None:
         """Start this member's own torch RNG at ``seed`` (the pack's RNG is not shared between members)."""
         torch.manual_seed(seed)
-        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        self.rng = _rng_state(device)
 
     @contextmanager
     def own_rng(self, device: torch.device):
@@ -82,7 +81,11 @@ class _Member:
         try:
             yield
         finally:
-            self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+            self.rng = _rng_state(device)
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def _build_member(name: str, saved: dict, config: dict, rank: int, device: torch.device, tell) -> _Member:
@@ -101,7 +104,7 @@ def _build_member(name: str, saved: dict, config: dict, rank: int, device: torch
     label = config["run_name"] + (f"/{name}" if name else "")
     member_tell = (lambda line: tell(f"member {name}: {line}")) if name else tell
     monitor = Monitor(config["tensorboard"][name], label, rank, o.epochs, cfg.run.log_every, member_tell)
-    return _Member(name, cfg, saved, model, optimizer, scheduler, scaler, monitor)
+    return _Member(name, cfg, model, optimizer, scheduler, scaler, monitor)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -229,7 +232,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                     os.makedirs(os.path.join(tmp, m.name), exist_ok=True)
                     with m.own_rng(device):  # its own RNG state is what it resumes with
                         save_state(os.path.join(tmp, m.name), m.model, m.optimizer, m.scheduler, m.scaler, epoch,
-                                   m.saved, global_step)
+                                   m.cfg.model_dump(mode="json"), global_step)
                 if not solo:
                     (Path(tmp) / PACK_FILE).write_text(json.dumps({"epoch": epoch, "failed": failed}))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
