@@ -276,7 +276,7 @@ def tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> 
 
 @pytest.fixture(scope="session")
 def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
-    """One real 2 x 2 sweep (gamma x noise, 4 trials) on a copy of the tiny set whose first training video
+    """One real 2 x 2 sweep (gamma x noise, 4 points trained as one pack) on a copy of the tiny set whose first training video
     is cut short, run once and checked several ways (the sweep tests, the Grafana dashboard's metrics).
     Ray's Prometheus endpoint is scraped every 2 s while it runs, as Prometheus would ("scrapes": the
     ``ray_beray_``/``ray_node_`` lines of each): Ray drops a gauge some 20 s after its last update."""
@@ -317,7 +317,7 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     wait_for(lambda: bool(scrapes and done.search(scrapes[-1])), 60, poll_s=0.5)
     stop.set()
     scraper.join()
-    return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "results": tmp / "sweeps" / "grid",
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "results": tmp / "sweeps" / "grid", "file": f,
             "skipped": str(first), "scrapes": scrapes}
 
 

@@ -155,6 +155,8 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
         ({"resources": {"gpu": 1}}, "resources.gpu: unknown key; allowed: workers, cpus_per_worker"),
         ({"space": {"be.gamma": {"uniform": [0.5, 0.1]}}}, "space.be.gamma: Value error, uniform needs low < high"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: Input should be 'fifo' or 'asha'"),
+        ({"pack": True, "scheduler": {"name": "asha"}}, "pack: true with scheduler asha: ASHA stops single trials"),
+        ({"pack": True, "search": {"algorithm": "optuna"}}, "pack: true with search.algorithm optuna"),
         ({"base": {"preset": "huge"}}, "base.preset: Value error, unknown preset 'huge'"),
         ({"base": {"set": {"data.dataset": "ucf101", "data.root": "/no/such/ucf101"}}, "eval": {"mode": "knn"},
           "objective": {"metric": "test.top1"}}, "data.root /no/such/ucf101 does not exist"),
@@ -290,10 +292,37 @@ def test_a_two_by_two_sweep_reports_four_points(grid_sweep, capsys):
         {("0", "intra_frame"), ("0", "gaussian"), ("0.3", "intra_frame"), ("0.3", "gaussian")}
     assert all(r["test_swapped.top1 n"] == "1" for r in rows)
     assert (results / "results.png").is_file() and "one seed cannot rank" in (results / "results.md").read_text()
-    runs = sorted((results / "runs").iterdir())  # one run dir per trial: one tensorboard --logdir for all
-    assert len(runs) == 4 and all((r / "tensorboard").is_dir() and (r / "eval" / "knn-synth-split1.json").is_file()
-                                  for r in runs)
+    # one pack (one seed, one stream): one job, whose run holds a folder per point, as an unpacked trial's run
+    assert len(list((results / "runs").iterdir())) == 1
+    runs = [Path(r["run_dir"]) for r in records]
+    assert {r.parent for r in runs} == {results / "runs" / records[0]["trial_id"].split("/")[0]}
+    assert all((r / "tensorboard").is_dir() and (r / "eval" / "knn-synth-split1.json").is_file() for r in runs)
     assert main(["report", str(results)]) == 0 and "| be.gamma | be.noise |" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(600)
+def test_a_packed_grid_gives_every_point_the_numbers_of_its_unpacked_trial(grid_sweep, tmp_path, capsys):
+    # The same 2 x 2 sweep as four jobs: every point's last loss and every kNN number equal to every digit
+    assert grid_sweep["code"] == 0, grid_sweep["err"][-3000:]
+    storage = tmp_path / "sweeps"
+    assert main([str(grid_sweep["file"]), "--set", "pack=false", "--set", f"storage={storage}"]) == 0, \
+        capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    packed, alone = ({tuple(sorted(r["point"].items())): r for r in _records(d)}
+                     for d in (grid_sweep["results"], storage / "grid"))
+    assert len(alone) == 4 and len(list((storage / "grid" / "runs").iterdir())) == 4 and out.count("started   ") == 4
+    for point, r in alone.items():
+        p = packed[point]
+        assert r["status"] == p["status"] == "finished" and "/" in p["trial_id"] and "/" not in r["trial_id"]
+        assert (p["loss"], p["epochs"], p["objective"], p["results"]) == (r["loss"], r["epochs"], r["objective"],
+                                                                         r["results"]), point
+    assert len({r["loss"] for r in alone.values()}) == 3  # the points differ, but at gamma 0 x_d is x_v for both noises
+    assert main(["report", str(storage / "grid")]) == 0
+
+    def body(md: str) -> str:  # the report from its table to the results' folder, which differs
+        return md[md.index("\n| "):md.index("TensorBoard of every")]
+
+    assert body(capsys.readouterr().out) == body((grid_sweep["results"] / "results.md").read_text())
 
 
 def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_synth, tmp_path, capsys):
@@ -318,13 +347,16 @@ def _last_save(results: Path) -> float:
     return max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0)
 
 
-def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_is_retried_then_reported(
+def test_a_killed_driver_resumes_with_only_the_packs_left_and_a_failing_member_or_pack_is_reported(
         ray_cluster, tiny_synth, tmp_path):
-    # One trial at a time. The first (a decode limit of 60 s) finishes; the driver is then killed with
-    # SIGKILL and started again with --resume, which must not run it again. The second has a decode limit
-    # of a microsecond, which makes every video unreadable: its run has no batch and raises; Tune runs it
-    # once more, then reports it failed with its error, and the sweep ends normally.
-    f = tiny_sweep(tmp_path, tiny_synth, "resume", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]}},
+    # Two packs (a decode limit is part of the stream) of two members (tau 0.2, and tau 1e-45, whose loss
+    # is NaN at the first step), one pack at a time. The first (a decode limit of 60 s) finishes, its NaN
+    # member failed alone; the driver is then killed with SIGKILL and started again with --resume, which
+    # must not run it again. The second has a decode limit of a microsecond, which makes every video
+    # unreadable: its run has no batch and raises; Tune runs it once more, then reports both its members
+    # failed with the error, and the sweep ends normally.
+    f = tiny_sweep(tmp_path, tiny_synth, "resume", {"data.decode_timeout_s": {"grid": [60.0, 1.0e-6]},
+                                                    "method.tau": {"grid": [0.2, 1.0e-45]}},
                    retries=1, resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
     tree = yaml.safe_load(f.read_text())
     tree["base"]["set"]["run.max_failures"] = 0
@@ -344,20 +376,22 @@ def test_a_killed_driver_resumes_with_only_the_trials_left_and_a_failing_trial_i
         proc.wait()
     first = [r for r in _records(results) if r["status"] == "finished"]
     assert finished and len(first) == 1, proc.stdout.read()[-3000:]
-    done_id = first[0]["trial_id"]
+    done_id = first[0]["trial_id"].split("/")[0]  # TRIAL/MEMBER: the pack's trial
     checkpoints = sorted((results / "runs" / done_id).glob("checkpoint_*"))
     res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--resume"], env=env, capture_output=True,
                          text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr  # Ray's lines are in its log
     assert "Ray's log: " in res.stderr and (results / "ray.log").stat().st_size > 0
-    assert f"started   {done_id}" not in res.stdout  # the finished trial is not run again
-    assert sorted((results / "runs" / done_id).glob("checkpoint_*")) == checkpoints
-    by_timeout = {r["point"]["data.decode_timeout_s"]: r for r in _records(results)}
-    assert len(by_timeout) == 2 and by_timeout[60.0]["status"] == "finished", by_timeout
-    assert by_timeout[1.0e-6]["status"] == "failed" and "no full batch" in by_timeout[1.0e-6]["error"]
+    assert f"started   {done_id}" not in res.stdout  # the finished pack is not run again
+    assert checkpoints and sorted((results / "runs" / done_id).glob("checkpoint_*")) == checkpoints
+    by_point = {(r["point"]["data.decode_timeout_s"], r["point"]["method.tau"]): r for r in _records(results)}
+    assert len(by_point) == 4 and by_point[60.0, 0.2]["status"] == "finished", by_point
+    assert by_point[60.0, 1.0e-45]["status"] == "failed" and "loss is nan" in by_point[60.0, 1.0e-45]["error"]
+    for tau in (0.2, 1.0e-45):
+        assert by_point[1.0e-6, tau]["status"] == "failed" and "no full batch" in by_point[1.0e-6, tau]["error"]
     assert "retrying" in res.stdout and "failed    " in res.stdout
-    assert "1 failed" in (results / "results.md").read_text()
+    assert "3 failed" in (results / "results.md").read_text()
     again = subprocess.run([sys.executable, "-m", "beray.sweep", str(f)], env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr  # the same name again: refused, nothing lost

@@ -28,7 +28,8 @@ def run(epochs: int = 2) -> dict:
         env.pop("RAY_ADDRESS", None)
         sweep = {"name": "bench", "base": {"preset": "cpu-tiny", "set": {"optim.epochs": epochs}},
                  "space": {"be.gamma": {"grid": list(GAMMAS)}}, "resources": {"workers": 1, "cpus_per_worker": 0.5},
-                 "eval": {"mode": "knn"}, "objective": {"metric": "test_swapped.top1", "mode": "max"}}
+                 "eval": {"mode": "knn"}, "objective": {"metric": "test_swapped.top1", "mode": "max"},
+                 "pack": False}  # one job per trial, as the scripted runs
         f = Path(tmp) / "bench.yaml"
         f.write_text(yaml.safe_dump(sweep))
         _run([sys.executable, "-m", "beray.data", "check"], env)  # the dataset generated once, outside the clocks

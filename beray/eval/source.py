@@ -24,7 +24,7 @@ class Source:
     path: Path  # the state.pt
     state: dict
     config: Config  # as the run was trained
-    eval_dir: Path  # where results go: RUN/eval, or next to the checkpoint
+    eval_dir: Path  # where results go: RUN/eval (a pack member's: RUN/MEMBER/eval), or next to the checkpoint
 
     @property
     def tag(self) -> str:
@@ -43,8 +43,8 @@ def open_checkpoint(path: str | Path) -> Source:
         config = Config.model_validate(state["config"])
     except ValidationError as e:
         raise CheckpointError(f"{f} holds a config beray cannot read: {format_errors(e)}") from None
-    run_dir = f.parent.parent
-    eval_dir = run_dir / "eval" if (run_dir / "config.yaml").is_file() else f.parent / "eval"
+    run_dir, member = f.parent.parent, f.parent.parent.parent / f.parent.name  # RUN/checkpoint_*/MEMBER/state.pt
+    eval_dir = next((d / "eval" for d in (run_dir, member) if (d / "config.yaml").is_file()), f.parent / "eval")
     return Source(f, state, config, eval_dir)
 
 

@@ -51,13 +51,14 @@ def _dry_packs(sweep, trials) -> None:
     from beray.sweep.progress import describe
     from beray.train.pack import model_state_bytes
 
-    if not sweep.pack:
-        say("\npack: false: every trial runs as its own job")
+    if not sweep.packed:  # Optuna's trials are not listed here: only ASHA or pack: false leave packing off
+        why = "pack: false" if sweep.pack is False else "scheduler asha (it stops single trials at its rungs)"
+        say(f"\n{why}: every trial runs as its own job")
         return
     packs = sweep.packs(trials)
     sizes: dict = {}
     say(f"\n{len(packs)} pack(s) of at most {sweep.pack_size} (pack_size): the members of a pack share their seed "
-        "and every setting the pipeline reads, and would train on one decoded stream")
+        "and every setting the pipeline reads, and train as one Ray Train job on one decoded stream")
     for i, pack in enumerate(packs, 1):
         state = sum(sizes.setdefault(repr(c.model.model_dump()) + repr(c.method.model_dump()) + c.optim.name,
                                      model_state_bytes(c)) for _, _, c in pack)
@@ -65,8 +66,6 @@ def _dry_packs(sweep, trials) -> None:
             "(plus one member's activations)")
         for point, seed, _ in pack:
             say(f"    {describe(point, seed)}")
-    say("note: this version still trains every trial as its own job; packed training in sweeps comes next "
-        "(beray.train --member trains a pack now)")
 
 
 def _generate_synth(sweep, configs) -> None:

@@ -63,10 +63,11 @@ def alive_nodes() -> list[dict]:
 def param_space(sweep: Sweep) -> dict:
     from ray import tune
 
-    from beray.sweep.trial import POINT_KEY, SEED_KEY
+    from beray.sweep.trial import PACK_KEY, POINT_KEY, SEED_KEY
 
-    if sweep.search.algorithm != "optuna":  # every trial known up front: points x seeds
-        return {POINT_KEY: tune.grid_search(sweep.points()), SEED_KEY: tune.grid_search(sweep.seed_list)}
+    if sweep.search.algorithm != "optuna":  # every trial known up front: points x seeds, in packs
+        packs = sweep.packs(sweep.validate_trials(check_paths=False))
+        return {PACK_KEY: tune.grid_search([[{POINT_KEY: p, SEED_KEY: s} for p, s, _ in pack] for pack in packs])}
     space = {}
     for key, d in sweep.space.items():
         if d.kind in ("grid", "choice"):

@@ -15,7 +15,7 @@ from ray.util.metrics import Gauge
 from beray.console import say
 from beray.sweep.report import read_records
 from beray.sweep.spec import Sweep
-from beray.sweep.trial import point_and_seed
+from beray.sweep.trial import members_of
 
 
 REFRESH_S = 5.0  # seconds between refreshes of the trial-count gauge while nothing happens
@@ -30,14 +30,15 @@ def describe(point: dict, seed: int) -> str:
 
 class SweepProgress(Callback):
     """Prints ``started``, each epoch's intermediate metric, ``stopped early``, ``finished`` and ``failed``
-    lines with a done / running / pending count, and writes each trial's record."""
+    lines with a done / running / pending count, and writes each point's record. A trial that trains a
+    pack has one line and one record per member, keyed ``TRIAL/MEMBER`` (its run folder under ``runs/``)."""
 
     def __init__(self, sweep: Sweep, results: Path):
         self.sweep = sweep  # no open streams held: Tune pickles its callbacks with the experiment state
         self.records = Path(results) / "trials"
         self.records.mkdir(parents=True, exist_ok=True)
         self.metric = sweep.scheduler.metric
-        # trial id -> finished | stopped | failed: as this callback saw it end, or as a resumed sweep's records say
+        # point key -> finished | stopped | failed: as this callback saw it end, or as a resumed sweep's records say
         self.ended: dict[str, str] = {r["trial_id"]: r["status"] for r in read_records(results)
                                       if r.get("status") in STATES[2:]}
         self.resumed: dict[str, int] = {}  # trial id -> the epoch its run last resumed from
@@ -46,11 +47,17 @@ class SweepProgress(Callback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_gauge": None}  # a metric handle is made again where it is needed
 
+    def _points(self, trial) -> list[tuple[str, str, dict, int]]:
+        """(record key, member name, point, seed) of each point ``trial`` trains."""
+        return [(f"{trial.trial_id}/{m}" if m else trial.trial_id, m, point, seed)
+                for m, point, seed in members_of(trial.config, self.sweep)]
+
     def counts(self, trials) -> dict[str, int]:
-        """Trials per state of ``STATES``; a trial Tune still calls running may already have ended here."""
+        """Points per state of ``STATES``; a point Tune still calls running may already have ended here."""
         counts = dict.fromkeys(STATES, 0)
         for t in trials:
-            counts[self.ended.get(t.trial_id) or _TUNE_STATE.get(t.status, "pending")] += 1
+            for key, *_ in self._points(t):
+                counts[self.ended.get(key) or _TUNE_STATE.get(t.status, "pending")] += 1
         return counts
 
     def _publish(self, trials) -> dict[str, int]:
@@ -75,20 +82,18 @@ class SweepProgress(Callback):
         say(f"[{time.strftime('%H:%M:%S')}] {text}   ({done} done, {counts['running']} running, "
             f"{counts['pending']} pending)")
 
-    def _label(self, trial) -> str:
-        point, seed = point_and_seed(trial.config, self.sweep)
-        return f"{trial.trial_id} {describe(point, seed)}"
-
-    def _write(self, trial, status: str, **extra) -> None:
-        point, seed = point_and_seed(trial.config, self.sweep)
-        record = {"trial_id": trial.trial_id, "point": point, "seed": seed, "status": status, **extra}
-        tmp = self.records / f".{trial.trial_id}.json"
+    def _write(self, key: str, point: dict, seed: int, status: str, **extra) -> None:
+        record = {"trial_id": key, "point": point, "seed": seed, "status": status, **extra}
+        name = key.replace("/", "+")
+        tmp = self.records / f".{name}.json"
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(self.records / f"{trial.trial_id}.json")
+        tmp.replace(self.records / f"{name}.json")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._say(trials, f"started   {self._label(trial)}")
-        self._write(trial, "running")
+        for key, _, point, seed in self._points(trial):
+            if key not in self.ended:  # a restarted pack trains its members that ended no further
+                self._say(trials, f"started   {key} {describe(point, seed)}")
+                self._write(key, point, seed, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("finished"):
@@ -96,34 +101,58 @@ class SweepProgress(Callback):
         resumed = result.get("resumed_from_epoch") or 0
         if resumed and self.resumed.get(trial.trial_id) != resumed:  # a new attempt of its run
             self.resumed[trial.trial_id] = resumed
-            self._say(trials, f"resumed   {self._label(trial)} from its checkpoint of epoch {resumed}")
-        value = result.get(self.metric)
-        shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
-        self._say(trials, f"epoch {result.get('epoch', '?'):>3}  {self._label(trial)}  {shown}")
-
-    def _end(self, trial, status: str, **extra) -> None:
-        self.ended[trial.trial_id] = status
-        self._write(trial, status, resumed_from_epoch=self.resumed.get(trial.trial_id), **extra)
+            self._say(trials, f"resumed   {trial.trial_id} from its checkpoint of epoch {resumed}")
+        failed = result.get("failed") or {}
+        per_member = result.get("members") or {}
+        for key, m, point, seed in self._points(trial):
+            if key in self.ended:
+                continue
+            if m in failed:  # a pack's member whose loss went non-finite: the others go on
+                self._fail(trials, trial, key, point, seed, failed[m])
+                continue
+            value = (per_member.get(m, {}) if m else result).get(self.metric)
+            shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+            self._say(trials, f"epoch {result.get('epoch', '?'):>3}  {key} {describe(point, seed)}  {shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if last.get("finished"):
-            self._end(trial, "finished", objective=last["objective"], epochs=last.get("epoch"),
-                      results={k[5:]: v for k, v in last.items() if k.startswith("eval/")},
-                      run_dir=last.get("run_dir"))
-            self._say(trials, f"finished  {self._label(trial)}  objective {last['objective']:.4f}")
-        else:  # ended without its evaluation: the scheduler stopped it
-            self._end(trial, "stopped", epochs=last.get("epoch"), metric={self.metric: last.get(self.metric)})
-            self._say(trials, f"stopped early (ASHA) {self._label(trial)} at epoch {last.get('epoch')}, "
-                              f"{self.metric} {last.get(self.metric)}")
+        if not last.get("finished"):  # ended without its evaluation: the scheduler stopped it (never a pack)
+            for key, _, point, seed in self._points(trial):
+                self._end(trial, key, point, seed, "stopped", epochs=last.get("epoch"),
+                          metric={self.metric: last.get(self.metric)})
+                self._say(trials, f"stopped early (ASHA) {key} {describe(point, seed)} at epoch {last.get('epoch')}, "
+                                  f"{self.metric} {last.get(self.metric)}")
+            return
+        per_member, failed = last.get("members") or {"": last}, last.get("failed") or {}
+        for key, m, point, seed in self._points(trial):
+            if key in self.ended:
+                continue
+            if m in failed:
+                self._fail(trials, trial, key, point, seed, failed[m])
+                continue
+            done = per_member[m]
+            self._end(trial, key, point, seed, "finished", objective=done["objective"], epochs=done.get("epoch"),
+                      loss=done.get("loss"), results={k[5:]: v for k, v in done.items() if k.startswith("eval/")},
+                      run_dir=done.get("run_dir"))
+            self._say(trials, f"finished  {key} {describe(point, seed)}  objective {done['objective']:.4f}")
+
+    def _end(self, trial, key: str, point: dict, seed: int, status: str, **extra) -> None:
+        self.ended[key] = status
+        self._write(key, point, seed, status, resumed_from_epoch=self.resumed.get(trial.trial_id), **extra)
+
+    def _fail(self, trials, trial, key: str, point: dict, seed: int, error: str) -> None:
+        self._end(trial, key, point, seed, "failed", error=error)
+        self._say(trials, f"failed    {key} {describe(point, seed)}: {error.splitlines()[-1] if error else '?'}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._say(trials, f"retrying  {self._label(trial)} after a failure (from its last checkpoint)")
+        self._say(trials, f"retrying  {trial.trial_id} ({', '.join(describe(p, s) for *_, p, s in self._points(trial))})"
+                          " after a failure (from its last checkpoint)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _error(trial)
-        self._end(trial, "failed", error=error)
-        self._say(trials, f"failed    {self._label(trial)}: {error.splitlines()[-1] if error else '?'}")
+        for key, _, point, seed in self._points(trial):
+            if key not in self.ended:
+                self._fail(trials, trial, key, point, seed, error)
 
 
 def _error(trial) -> str:

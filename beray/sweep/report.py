@@ -120,8 +120,8 @@ def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
         elif r["status"] == "failed":
             p.failed += 1
             p.errors.append((r.get("error") or "?").strip().splitlines()[-1])
-    sign = -1 if sweep.objective.mode == "max" else 1
-    return sorted(points.values(), key=lambda p: (p.n == 0, sign * p.mean if p.n else 0.0))
+    sign = -1 if sweep.objective.mode == "max" else 1  # ties in the sweep file's order, however the trials ran
+    return sorted(points.values(), key=lambda p: (p.n == 0, sign * p.mean if p.n else 0.0, _rank(p, sweep)))
 
 
 def baselines(rows: list[PointResult], sweep: Sweep) -> dict[int, PointResult | None]:
@@ -314,18 +314,20 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
     return text
 
 
-def _order(rows: list[PointResult], sweep: Sweep) -> list[PointResult]:
-    """Points in the sweep file's order: each field's listed values as listed, numbers ascending."""
-    def rank(p: PointResult) -> tuple:
-        key = []
-        for k, dim in sweep.space.items():
-            v = p.point.get(k)
-            listed = dim.values if dim.kind in ("grid", "choice") else []
-            key.append((listed.index(v) if v in listed else len(listed), str(v) if isinstance(v, str) else "",
-                        v if isinstance(v, (int, float)) else 0))
-        return tuple(key)
+def _rank(p: PointResult, sweep: Sweep) -> tuple:
+    """A point's place in the sweep file's order: each field's listed values as listed, numbers ascending."""
+    key = []
+    for k, dim in sweep.space.items():
+        v = p.point.get(k)
+        listed = dim.values if dim.kind in ("grid", "choice") else []
+        key.append((listed.index(v) if v in listed else len(listed), str(v) if isinstance(v, str) else "",
+                    v if isinstance(v, (int, float)) else 0))
+    return tuple(key)
 
-    return sorted((p for p in rows if p.n), key=rank)
+
+def _order(rows: list[PointResult], sweep: Sweep) -> list[PointResult]:
+    """The points with results, in the sweep file's order."""
+    return sorted((p for p in rows if p.n), key=lambda p: _rank(p, sweep))
 
 
 def plot(rows: list[PointResult], sweep: Sweep, path: Path, floors: dict[str, float] | None = None) -> Path:

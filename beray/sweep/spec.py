@@ -158,8 +158,9 @@ class Sweep(_Section):
     baseline: dict[str, Any] | None = None
     synthetic: bool = False  # run the same space on BackgroundBias-Synth at cpu-tiny scale (see SYNTHETIC)
     # Trials that read the same stream (the same seed and every setting the pipeline reads) train as the
-    # members of one pack, at most pack_size to a pack (grid and random search; Optuna chooses as it goes)
-    pack: bool = True
+    # members of one pack, at most pack_size to a pack. Default: on, except with ASHA (it stops single
+    # trials) and Optuna (it chooses each point after the last results); ``packed`` says which applies.
+    pack: bool | None = None
     pack_size: int = Field(4, ge=1)
     source: str | None = None  # the file it was read from (set by load_sweep)
 
@@ -184,6 +185,13 @@ class Sweep(_Section):
             if ranged:
                 raise ValueError(f"space.{ranged[0]}: {self.space[ranged[0]].kind} needs search.algorithm random or "
                                  "optuna (grid search takes grid and choice)")
+        if self.pack and self.scheduler.name == "asha":
+            raise ValueError("pack: true with scheduler asha: ASHA stops single trials at its rungs, and a pack "
+                             "trains its points as one job; leave pack out (ASHA sweeps run unpacked) or use "
+                             "scheduler fifo")
+        if self.pack and self.search.algorithm == "optuna":
+            raise ValueError("pack: true with search.algorithm optuna: Optuna chooses each point after the last "
+                             "results, so no set of points is known to pack; leave pack out")
         if self.baseline is not None:
             if self.search.algorithm == "optuna":
                 raise ValueError("baseline: an Optuna search chooses its own points, so none is there to compare "
@@ -198,6 +206,13 @@ class Sweep(_Section):
             raise ValueError(f"reference.param {self.reference.param!r} is not a field of the space "
                              f"({', '.join(self.space)})")
         return self
+
+    @property
+    def packed(self) -> bool:
+        """Whether trials that share a stream train as packs: ``pack``, or by default unless ASHA or Optuna."""
+        if self.pack is not None:
+            return self.pack
+        return self.scheduler.name == "fifo" and self.search.algorithm != "optuna"
 
     @property
     def seed_list(self) -> list[int]:
@@ -261,7 +276,7 @@ class Sweep(_Section):
         them), in trial order, split into packs of at most ``pack_size``; one trial each without ``pack``."""
         from beray.train.pack import shared_settings
 
-        if not self.pack or self.search.algorithm == "optuna":
+        if not self.packed:
             return [[t] for t in trials]
         groups: dict[str, list] = {}
         for point, seed, cfg in trials:  # cfg: the point's run config (its run.seed is not the trial's)

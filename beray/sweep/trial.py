@@ -1,6 +1,11 @@
 """One trial of a sweep: a pretraining run (``beray.train``'s Ray Train job, resumed from its own
 checkpoints when the trial restarts) that reports every epoch to Tune, then its evaluation, whose
-results and the objective are the trial's last report."""
+results and the objective are the trial's last report.
+
+A trial of grid or random search trains a pack: the points that read the same stream (``Sweep.packs``),
+given as ``{"pack": [{"point": ..., "seed": ...}, ...]}``. A pack of one is an ordinary run; a larger
+pack's members each keep their own folder (``RUN/MEMBER``), evaluation and, in the trial's last report,
+their own results under ``members`` (and ``failed``: the members whose loss went non-finite, with why)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from beray.sweep.spec import Sweep
 
 SEED_KEY = "seed"
 POINT_KEY = "point"
+PACK_KEY = "pack"
 
 
 def point_and_seed(config: dict, sweep: Sweep) -> tuple[dict[str, Any], int]:
@@ -19,6 +25,23 @@ def point_and_seed(config: dict, sweep: Sweep) -> tuple[dict[str, Any], int]:
         return dict(config[POINT_KEY]), int(config[SEED_KEY])
     point = {k: v for k, v in config.items() if k in sweep.space}
     return point, sweep.seed_list[int(config.get("__trial_index__", 0))]
+
+
+def members_of(config: dict, sweep: Sweep) -> list[tuple[str, dict[str, Any], int]]:
+    """(member name, point, seed) of every point a trial trains; the name is "" for a trial of one point
+    (its run folder is the trial's), else the member's folder inside the trial's run."""
+    from beray.sweep.spec import _sets
+    from beray.train.pack import member_name
+
+    pack = config.get(PACK_KEY)
+    if pack is None or len(pack) == 1:
+        return [("", *point_and_seed(pack[0] if pack else config, sweep))]
+    return [(member_name(_sets(m[POINT_KEY])), dict(m[POINT_KEY]), int(m[SEED_KEY])) for m in pack]
+
+
+def numbers(metrics: dict) -> dict[str, float]:
+    """The numeric entries of a metrics dict (what Tune and the trial records keep of a run's last epoch)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -33,27 +56,44 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def run_trial(config: dict, sweep: dict, runs: str) -> None:
-    """Tune function trainable: pretrain, evaluate, report. ``sweep`` is the Sweep as data, ``runs``
-    the storage of every trial's run (its name is the trial id: stable across restarts)."""
+    """Tune function trainable: pretrain the trial's pack, evaluate each member, report. ``sweep`` is the
+    Sweep as data, ``runs`` the storage of every trial's run (its name is the trial id: stable across restarts)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from beray.eval.run import EvalOptions, evaluate
+    from beray import storage as st
     from beray.sweep.spec import _sets
     from beray.train.launch import fit
 
     s = Sweep.model_validate(sweep)
-    point, seed = point_and_seed(config, s)
+    members = members_of(config, s)
     name = tune.get_context().get_trial_id()
+    _, point, seed = members[0]  # the members share every setting the job reads: the first one's config is the job's
     cfg = s.run_config(point, seed, storage=runs, name=name)
-    info = fit(cfg, name, callbacks=[TuneReportCallback()])
+    packed = bool(members[0][0])
+    info = fit(cfg, name, callbacks=[TuneReportCallback()], members=[_sets(p) for _, p, _ in members] if packed else [])
+    if not packed:
+        tune.report({**_scored(s, info.checkpoint, numbers(info.metrics), info.dir), "finished": True})
+        return
+    failed = info.metrics.get("failed", {})
+    done = {m: _scored(s, st.join(info.checkpoint, m), numbers(info.metrics["members"][m]), st.join(info.dir, m))
+            for m, _, _ in members if m not in failed}
+    tune.report({"members": done, "failed": failed, "finished": True})
+
+
+def _scored(s: Sweep, checkpoint: str, last: dict, run_dir: str) -> dict:
+    """A run's last epoch's ``last`` metrics with its evaluation's results (``eval/...``), the evaluation's
+    floors and the objective: what a trial record keeps of one point."""
+    from beray.eval.run import EvalOptions, evaluate
+    from beray.sweep.spec import _sets
+
     e = s.eval
     r = s.resources  # the evaluation holds no more than the training did: concurrent trials cannot starve
     opts = EvalOptions(dataset=e.dataset, root=e.root, split=e.split, overrides=_sets(e.set), k=e.k, clips=e.clips,
                        progress=False, actors=1, actor_cpus=min(1.0, r.workers * r.cpus_per_worker),
                        actor_gpus=min(1.0, r.workers * r.gpus_per_worker))
     results, floors = {}, {}
-    for stem, report, directory in evaluate(e.mode, info.checkpoint, opts):
+    for stem, report, directory in evaluate(e.mode, checkpoint, opts):
         report.write(directory, stem)
         results = report.data["results"]  # finetune with several splits: the last is their mean
         floors = report.data.get("floors", {})  # background: chance and a background reader, for the report
@@ -62,6 +102,4 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     if key not in metrics:
         raise KeyError(f"objective.metric {s.objective.metric!r} is not in the {e.mode} results; they have: "
                        + ", ".join(k[5:].replace("/", ".") for k in metrics))
-    last = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**last, **metrics, **flatten(floors, "eval/floor/"), "objective": metrics[key], "run_dir": info.dir,
-                 "finished": True})
+    return {**last, **metrics, **flatten(floors, "eval/floor/"), "objective": metrics[key], "run_dir": run_dir}
