@@ -111,6 +111,37 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
     assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
 
 
+def test_checkpoints_evaluated_together_score_and_cache_what_each_scores_alone(pretrained, tmp_path):
+    # Two checkpoints with other weights (a pack's members): one pass embeds each decoded clip with both
+    # models; each gets its own results and cache, equal to its evaluation alone, for every feature.
+    import shutil
+
+    from beray.eval.extract import load_cached
+    from beray.eval.run import EvalOptions, evaluate, evaluate_together
+
+    runs = {}
+    for name, scale in (("a", 1.0), ("b", 0.5)):
+        for where in ("together", "alone"):
+            run = shutil.copytree(pretrained, tmp_path / where / name, ignore=shutil.ignore_patterns("eval"))
+            f = _last_checkpoint(run) / STATE_FILE
+            state = torch.load(f, weights_only=True)
+            state["model"] = {k: v * scale if v.is_floating_point() else v for k, v in state["model"].items()}
+            torch.save(state, f)
+            runs[where, name] = run
+    opts = EvalOptions(k=5, progress=False)
+    together = evaluate_together("knn", [str(runs["together", n]) for n in "ab"], opts)
+    for n, [(_, report, directory)] in zip("ab", together):
+        [(_, alone, alone_dir)] = evaluate("knn", runs["alone", n], opts)
+        assert directory == runs["together", n] / "eval" and report.data["results"] == alone.data["results"]
+        cached, solo = (sorted((d / "cache").glob("*.pt")) for d in (directory, alone_dir))
+        # named subset-head-sampling-digest, the digest of the checkpoint's path among the rest
+        assert len(cached) == 3 and [p.name.rsplit("-", 1)[0] for p in cached] == [p.name.rsplit("-", 1)[0] for p in solo]
+        for p, q in zip(cached, solo):
+            assert torch.equal(load_cached(p.parent, p.stem).x, load_cached(q.parent, q.stem).x)
+    a, b = (sorted((runs["together", n] / "eval" / "cache").glob("*.pt"))[0] for n in "ab")
+    assert not torch.equal(load_cached(a.parent, a.stem).x, load_cached(b.parent, b.stem).x)  # each model's own
+
+
 def test_retrieve_cuts_clips_and_reports_recall_at_k(pretrained, tiny_synth, capsys):
     checkpoint_dir = _last_checkpoint(pretrained)  # a checkpoint directory works as well
     code, out, err = _run(capsys, "retrieve", "--checkpoint", checkpoint_dir)

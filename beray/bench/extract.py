@@ -33,7 +33,7 @@ def _spec(cfg: Config) -> ClipSpec:
 def model_only_clips_per_s(cfg: Config, weights: dict, records: list[dict], threads: int, batch_size: int,
                            repeats: int = 3) -> float:
     clips = np.concatenate([eval_clips(r, _spec(cfg), i) for i, r in enumerate(records[:batch_size])])
-    model = FeatureModel(cfg.model_dump(mode="json"), weights, "pooled", (2, 7, 7), threads)
+    model = FeatureModel([(cfg.model_dump(mode="json"), weights)], "pooled", (2, 7, 7), threads)
     batch = {"x": clips, "video": np.arange(len(clips)), "clip": np.zeros(len(clips), np.int64)}
     model(dict(batch))  # warm-up
     if model.device.type == "cuda":
@@ -58,9 +58,9 @@ def run(preset: str = "cpu-tiny", overrides: list[str] | None = None, batch_size
     weights = build_backbone(cfg.model.backbone, cfg.model.width).state_dict()
     init_ray()
     place = model_placement()
-    extract(cfg, weights, "pooled", [(records[:batch_size], _spec(cfg))], batch_size=batch_size, progress=False)  # warm
+    extract([(cfg, weights)], "pooled", [(records[:batch_size], _spec(cfg))], batch_size=batch_size, progress=False)  # warm
     t0 = time.perf_counter()
-    feats, = extract(cfg, weights, "pooled", [(records, _spec(cfg))], batch_size=batch_size, progress=False)
+    (feats,), = extract([(cfg, weights)], "pooled", [(records, _spec(cfg))], batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - t0
     n = len(feats.labels)
     gpu = "num_gpus" in place

@@ -66,21 +66,38 @@ class EvalContext:
     def features_of(self, wanted: list[tuple[str, str, int]], head: str = "pooled",
                     pool: tuple[int, int, int] = RETRIEVAL_POOL) -> list[Features]:
         """``features`` of each (subset, sampling, clips); what the cache lacks is extracted in one pass."""
+        return features_together([self], wanted, head, pool)[0]
+
+    def weights(self, head: str) -> dict:
         if head not in self._weights:
             self._weights[head] = (classifier_of if head == "logits" else backbone_of)(self.source)[1]
-        cache = self.source.eval_dir / "cache"
-        specs = [self.spec(sampling, clips) for _, sampling, clips in wanted]
-        keys = [cache_key(self.source.tag, self.cfg, subset, head, spec, pool)
-                for (subset, _, _), spec in zip(wanted, specs)]
-        found = [load_cached(cache, k) if self.use_cache else None for k in keys]
-        todo = [i for i, f in enumerate(found) if f is None]
-        if todo:
-            desc = ", ".join(f"{wanted[i][0]} ({wanted[i][1]})" for i in todo)
-            fresh = extract(self.cfg, self._weights[head], head, [(self.records(wanted[i][0]), specs[i]) for i in todo],
-                            pool=pool, batch_size=self.batch_size, actors=self.actors, progress=self.progress,
-                            actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus,
-                            desc=desc if len(desc) < 60 else f"{len(todo)} subsets")
-            for i, f in zip(todo, fresh):
-                found[i] = f
-                store_cached(cache, keys[i], f)
-        return found
+        return self._weights[head]
+
+
+def features_together(ctxs: list[EvalContext], wanted: list[tuple[str, str, int]], head: str = "pooled",
+                      pool: tuple[int, int, int] = RETRIEVAL_POOL) -> list[list[Features]]:
+    """``EvalContext.features_of`` for several checkpoints evaluated on the same data and clips (a pack's
+    members): what their caches lack is extracted in one pass, each clip decoded once and embedded by every
+    checkpoint's model that needs it. One list of Features per context, cached per checkpoint as alone."""
+    first = ctxs[0]
+    specs = [first.spec(sampling, clips) for _, sampling, clips in wanted]
+    found, keys = [], []
+    for ctx in ctxs:
+        keys.append([cache_key(ctx.source.tag, ctx.cfg, subset, head, spec, pool)
+                     for (subset, _, _), spec in zip(wanted, specs)])
+        found.append([load_cached(ctx.source.eval_dir / "cache", k) if ctx.use_cache else None for k in keys[-1]])
+    todo = [i for i in range(len(wanted)) if any(f[i] is None for f in found)]
+    models = [c for c, f in enumerate(found) if any(f[i] is None for i in todo)]
+    if todo:
+        desc = ", ".join(f"{wanted[i][0]} ({wanted[i][1]})" for i in todo)
+        fresh = extract([(ctxs[c].cfg, ctxs[c].weights(head)) for c in models], head,
+                        [(first.records(wanted[i][0]), specs[i]) for i in todo], pool=pool,
+                        batch_size=first.batch_size, actors=first.actors, progress=first.progress,
+                        actor_cpus=first.actor_cpus, actor_gpus=first.actor_gpus,
+                        desc=desc if len(desc) < 60 else f"{len(todo)} subsets")
+        for c, per_job in zip(models, fresh):
+            for i, f in zip(todo, per_job):
+                if found[c][i] is None:
+                    found[c][i] = f
+                    store_cached(ctxs[c].source.eval_dir / "cache", keys[c][i], f)
+    return found

@@ -18,6 +18,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -61,17 +62,20 @@ def head_output(model: torch.nn.Module, head: str, x: Tensor, pool: tuple[int, i
 
 
 class FeatureModel:
-    """Ray Data actor: a frozen model applied to batches of uint8 clips."""
+    """Ray Data actor: frozen models applied to batches of uint8 clips, model i's outputs in column
+    ``feature_i`` (the checkpoints of a pack share each decoded clip)."""
 
-    def __init__(self, config: dict, weights, head: str, pool: tuple[int, int, int], threads: int,
+    def __init__(self, models: list[tuple[dict, Any]], head: str, pool: tuple[int, int, int], threads: int,
                  device: str | None = None):
-        cfg = Config.model_validate(config)
         torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        weights = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
-        net = build_method(cfg) if head == "logits" else build_backbone(cfg.model.backbone, cfg.model.width)
-        net.load_state_dict(weights)
-        self.net = net.eval().to(self.device)
+        self.nets = []
+        for config, weights in models:
+            cfg = Config.model_validate(config)
+            weights = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+            net = build_method(cfg) if head == "logits" else build_backbone(cfg.model.backbone, cfg.model.width)
+            net.load_state_dict(weights)
+            self.nets.append(net.eval().to(self.device))
         self.head, self.pool = head, tuple(pool)
         self.amp = self.device.type == "cuda"
 
@@ -80,8 +84,8 @@ class FeatureModel:
             warnings.simplefilter("ignore", UserWarning)
             x = prepare_clips(torch.from_numpy(batch.pop("x")), self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = head_output(self.net, self.head, x, self.pool)
-        return {**batch, "feature": out.float().cpu().numpy()}
+            out = [head_output(net, self.head, x, self.pool).float().cpu().numpy() for net in self.nets]
+        return {**batch, **{f"feature_{i}": f for i, f in enumerate(out)}}
 
 
 def decode_clips(batch: dict[str, np.ndarray], specs: list[ClipSpec], timeout_s: float | None, state
@@ -121,12 +125,14 @@ def model_placement(actors: int | None = None, cpus: float = 1.0, gpus: float | 
     return {"num_cpus": cpus, "compute": ray.data.ActorPoolStrategy(size=size), "threads": threads}
 
 
-def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], ClipSpec]], *,
+def extract(models: list[tuple[Config, Any]], head: str, jobs: list[tuple[list[dict], ClipSpec]], *,
             batch_size: int = 32, actors: int | None = None, pool: tuple[int, int, int] = RETRIEVAL_POOL,
             desc: str = "clips", progress: bool = True, actor_cpus: float = 1.0,
-            actor_gpus: float | None = None) -> list[Features]:
+            actor_gpus: float | None = None) -> list[list[Features]]:
     """``head`` outputs of every clip of each job's records (rows with path, label, start/end frames),
-    clips sampled as the job's spec: one Ray Data pass for all jobs, one ``Features`` per job."""
+    clips sampled as the job's spec, for each of the ``models`` (config, weights): one Ray Data pass for
+    all jobs and models, each clip decoded once (the first model's data settings decode). One list of
+    ``Features`` per model, one per job."""
     from tqdm import tqdm
 
     from beray import console
@@ -147,15 +153,17 @@ def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], 
     rows = [{**r, "index": i, "job": j} for j, (records, _) in enumerate(jobs) for i, r in enumerate(records)]
     specs = [spec for _, spec in jobs]
     per_task = 4
+    cfg = models[0][0]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_task)))
     ds = ds.map_batches(decode_clips, batch_size=per_task, num_cpus=cfg.data.decode_cpus,
                         fn_kwargs={"specs": specs, "timeout_s": cfg.data.decode_timeout_s, "state": state})
     ds = ds.map_batches(FeatureModel, batch_size=batch_size, **place,
-                        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "weights": weights,
+                        fn_constructor_kwargs={"models": [(c.model_dump(mode="json"), w) for c, w in models],
                                                "head": head, "pool": pool, "threads": threads})
     cut = any(spec.sampling == "cut" for spec in specs)  # clips per video known only once decoded
     total = None if cut else sum(len(r) * (s.clips if s.sampling == "uniform" else 1) for r, s in jobs)
-    out: dict[str, list[np.ndarray]] = {"feature": [], "job": [], "label": [], "video": [], "clip": []}
+    features = [f"feature_{i}" for i in range(len(models))]
+    out: dict[str, list[np.ndarray]] = {k: [] for k in [*features, "job", "label", "video", "clip"]}
     with tqdm(total=total, desc=desc, unit="clip", disable=not progress, mininterval=1.0, dynamic_ncols=True,
               file=console.err()) as bar:
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -167,15 +175,16 @@ def extract(cfg: Config, weights: dict, head: str, jobs: list[tuple[list[dict], 
     if not out["label"]:
         raise VideoReadError(rows[0]["path"] if rows else "?", f"no readable video among {len(rows)}")
     cat = {k: torch.from_numpy(np.concatenate(v)) for k, v in out.items()}
-    results = []
+    results: list[list[Features]] = [[] for _ in models]
     for j, (records, _) in enumerate(jobs):
         mine = (cat["job"] == j).nonzero().flatten()
         if not mine.numel():
             raise VideoReadError(records[0]["path"], f"no readable video among the {len(records)} of this subset")
         order = mine[torch.from_numpy(np.lexsort((cat["clip"][mine].numpy(), cat["video"][mine].numpy())))]
         paths = {r["path"] for r in records}
-        results.append(Features(cat["feature"][order], cat["label"][order], cat["video"][order], cat["clip"][order],
-                                {p: why for p, why in skipped.items() if p in paths}))
+        for feature, per_model in zip(features, results):
+            per_model.append(Features(cat[feature][order], cat["label"][order], cat["video"][order],
+                                      cat["clip"][order], {p: why for p, why in skipped.items() if p in paths}))
     return results
 
 

@@ -27,11 +27,27 @@ def _common(ctx: EvalContext, start: float, *skipped_of) -> dict:
             "skipped_videos": skipped, "elapsed_s": round(time.perf_counter() - start, 2)}
 
 
+def wanted_features(mode: str, ctx: EvalContext) -> tuple[list[tuple[str, str, int]], str]:
+    """The (subset, sampling, clips) features and the head that frozen ``mode`` reads."""
+    if mode == "background":
+        need = set(BACKGROUND_SUBSETS)
+        if not need <= set(ctx.index.subsets):
+            raise DatasetError(f"background needs the subsets {', '.join(sorted(need))} (BackgroundBias-Synth has "
+                               f"them: leave out --dataset); {ctx.index.name} has {', '.join(ctx.index.subsets)}")
+        wanted = [("train", "centre", 1), ("test_biased", "centre", 1), ("test_swapped", "centre", 1),
+                  ("test_biased", "static", 1), ("test_swapped", "static", 1)]
+        if "train_unbiased" in ctx.index.subsets:  # a copy made before version 2 lacks it
+            wanted.append(("train_unbiased", "centre", 1))
+        return wanted, "pooled"
+    sampling, head = ("cut", "map") if mode == "retrieve" else ("centre", "pooled")
+    return [(s, sampling, 1) for s in ["train", *ctx.test_subsets()]], head
+
+
 def frozen_head(ctx: EvalContext, head: str, k: int = 20) -> Report:
     """``knn`` or ``linear``: fitted on the train subset's features, top-1 / top-5 on each test subset."""
     t0 = time.perf_counter()
     subsets = ctx.test_subsets()
-    train, *tests = ctx.features_of([(s, "centre", 1) for s in ["train", *subsets]])
+    train, *tests = ctx.features_of(*wanted_features(head, ctx))
     score = head_scores(head, train.x, train.labels, ctx.num_classes, k)
     results, rows = {}, []
     for subset, test in zip(subsets, tests):
@@ -51,7 +67,7 @@ def retrieve(ctx: EvalContext, ks: tuple[int, ...] = RECALL_AT) -> Report:
     """Sec. 4.3: train-subset clips as the gallery, each test clip a query; Recall@K."""
     t0 = time.perf_counter()
     subsets = ctx.test_subsets()
-    gallery, *tests = ctx.features_of([(s, "cut", 1) for s in ["train", *subsets]], head="map")
+    gallery, *tests = ctx.features_of(*wanted_features("retrieve", ctx))
     results, rows = {}, []
     for subset, q in zip(subsets, tests):
         r = retrieval_recall(gallery.x, gallery.labels, q.x, q.labels, ks)
@@ -102,17 +118,9 @@ def background(ctx: EvalContext, k: int = 20) -> Report:
     biased ``train``, scored on ``test_biased`` and ``test_swapped``, their gap, and the same heads on
     static videos (one frame repeated, Sec. 4.5: high static accuracy is background reliance). (b) Motion:
     heads fitted on ``train_unbiased`` (background independent of the class), scored on ``test_swapped``."""
-    need = set(BACKGROUND_SUBSETS)
-    if not need <= set(ctx.index.subsets):
-        raise DatasetError(f"background needs the subsets {', '.join(sorted(need))} (BackgroundBias-Synth has "
-                           f"them: leave out --dataset); {ctx.index.name} has {', '.join(ctx.index.subsets)}")
     t0 = time.perf_counter()
     has_unbiased = "train_unbiased" in ctx.index.subsets  # a copy made before version 2 lacks it
-    wanted = [("train", "centre", 1), ("test_biased", "centre", 1), ("test_swapped", "centre", 1),
-              ("test_biased", "static", 1), ("test_swapped", "static", 1)]
-    if has_unbiased:
-        wanted.append(("train_unbiased", "centre", 1))
-    train, *tests = ctx.features_of(wanted)
+    train, *tests = ctx.features_of(*wanted_features("background", ctx))
     unbiased = tests.pop() if has_unbiased else None
     feats = dict(zip(["test_biased", "test_swapped", "static_biased", "static_swapped"], tests))
     scores = background_scores((train.x, train.labels), {n: (f.x, f.labels) for n, f in feats.items()},

@@ -1,4 +1,5 @@
-"""``evaluate(mode, checkpoint, options)``: one evaluation, as the CLI and a sweep's trials run it."""
+"""``evaluate(mode, checkpoint, options)``: one evaluation, as the CLI and a sweep's trials run it;
+``evaluate_together``: several checkpoints (a pack's members), each test clip decoded once for all."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from beray.eval.report import Report
 from beray.train.checkpoint import CheckpointError
 
 MODES = ("knn", "linear", "retrieve", "background", "finetune", "static-bias", "cam")
+FROZEN = ("knn", "linear", "retrieve", "background")  # read cached features of a frozen backbone
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, VideoReadError)  # one line, exit 2
 
 
@@ -41,8 +43,7 @@ class EvalOptions:
 
 def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions()) -> list[tuple[str, Report, Path]]:
     """The mode's (file stem, Report, directory) triples (finetune --splits: one per split and their mean)."""
-    from beray.eval.context import EvalContext
-    from beray.eval.source import eval_config, open_checkpoint
+    from beray.eval.source import open_checkpoint
 
     if mode not in MODES:
         raise ConfigError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -55,8 +56,7 @@ def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions(
         from beray.eval.finetune import finetune_splits
 
         return finetune_splits(source, opts)
-    cfg = eval_config(source, opts.dataset, opts.root, opts.split, opts.overrides)
-    ctx = EvalContext(source, cfg, **opts.context())
+    ctx = context(source, opts)
     if mode == "static-bias":
         from beray.eval.static_bias import static_bias
 
@@ -64,8 +64,7 @@ def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions(
             raise ConfigError("static-bias needs --against BASELINE: two fine-tuned checkpoints (e.g. --checkpoint "
                               "the MoCo+BE one --against the MoCo one)")
         other = open_checkpoint(opts.against)
-        baseline = EvalContext(other, eval_config(other, opts.dataset, opts.root, opts.split, opts.overrides),
-                               **opts.context())
+        baseline = context(other, opts)
         report = static_bias(ctx, baseline, opts.clips)
     elif mode in ("knn", "linear"):
         from beray.eval.frozen import frozen_head
@@ -84,3 +83,27 @@ def evaluate(mode: str, checkpoint: str | Path, opts: EvalOptions = EvalOptions(
 
         report = cam(ctx, opts.videos)
     return [(ctx.stem(mode), report, source.eval_dir)]
+
+
+def evaluate_together(mode: str, checkpoints: list[str], opts: EvalOptions = EvalOptions()
+                      ) -> list[list[tuple[str, Report, Path]]]:
+    """``evaluate`` of each checkpoint. For a frozen mode the features every checkpoint needs are first
+    extracted in one pass over the test clips (each decoded once, embedded by every model) into each
+    checkpoint's own cache, which each evaluation then reads; the other modes run one after another."""
+    from beray.eval.context import features_together
+    from beray.eval.frozen import wanted_features
+    from beray.eval.source import open_checkpoint
+
+    if mode in FROZEN and len(checkpoints) > 1 and opts.use_cache:
+        ctxs = [context(open_checkpoint(c), opts) for c in checkpoints]
+        features_together(ctxs, *wanted_features(mode, ctxs[0]))
+    return [evaluate(mode, c, opts) for c in checkpoints]
+
+
+def context(source, opts: EvalOptions):
+    """The ``EvalContext`` of a checkpoint's ``Source``: its config with the evaluation's dataset and overrides."""
+    from beray.eval.context import EvalContext
+    from beray.eval.source import eval_config
+
+    return EvalContext(source, eval_config(source, opts.dataset, opts.root, opts.split, opts.overrides),
+                       **opts.context())

@@ -73,18 +73,21 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     packed = bool(members[0][0])
     info = fit(cfg, name, callbacks=[TuneReportCallback()], members=[_sets(p) for _, p, _ in members] if packed else [])
     if not packed:
-        tune.report({**_scored(s, info.checkpoint, numbers(info.metrics), info.dir), "finished": True})
+        (scored,) = _scored(s, [info.checkpoint])
+        tune.report({**numbers(info.metrics), **scored, "run_dir": info.dir, "finished": True})
         return
     failed = info.metrics.get("failed", {})
-    done = {m: _scored(s, st.join(info.checkpoint, m), numbers(info.metrics["members"][m]), st.join(info.dir, m))
-            for m, _, _ in members if m not in failed}
+    live = [m for m, _, _ in members if m not in failed]
+    scored = _scored(s, [st.join(info.checkpoint, m) for m in live])  # the test clips decoded once for all
+    done = {m: {**numbers(info.metrics["members"][m]), **sc, "run_dir": st.join(info.dir, m)}
+            for m, sc in zip(live, scored)}
     tune.report({"members": done, "failed": failed, "finished": True})
 
 
-def _scored(s: Sweep, checkpoint: str, last: dict, run_dir: str) -> dict:
-    """A run's last epoch's ``last`` metrics with its evaluation's results (``eval/...``), the evaluation's
-    floors and the objective: what a trial record keeps of one point."""
-    from beray.eval.run import EvalOptions, evaluate
+def _scored(s: Sweep, checkpoints: list[str]) -> list[dict]:
+    """Each checkpoint's evaluation: its results (``eval/...``), the evaluation's floors and the objective,
+    as a trial record keeps them; a pack's checkpoints evaluated together."""
+    from beray.eval.run import EvalOptions, evaluate_together
     from beray.sweep.spec import _sets
 
     e = s.eval
@@ -92,14 +95,17 @@ def _scored(s: Sweep, checkpoint: str, last: dict, run_dir: str) -> dict:
     opts = EvalOptions(dataset=e.dataset, root=e.root, split=e.split, overrides=_sets(e.set), k=e.k, clips=e.clips,
                        progress=False, actors=1, actor_cpus=min(1.0, r.workers * r.cpus_per_worker),
                        actor_gpus=min(1.0, r.workers * r.gpus_per_worker))
-    results, floors = {}, {}
-    for stem, report, directory in evaluate(e.mode, checkpoint, opts):
-        report.write(directory, stem)
-        results = report.data["results"]  # finetune with several splits: the last is their mean
-        floors = report.data.get("floors", {})  # background: chance and a background reader, for the report
-    metrics = flatten(results, "eval/")
-    key = "eval/" + s.objective.metric.replace(".", "/")
-    if key not in metrics:
-        raise KeyError(f"objective.metric {s.objective.metric!r} is not in the {e.mode} results; they have: "
-                       + ", ".join(k[5:].replace("/", ".") for k in metrics))
-    return {**last, **metrics, **flatten(floors, "eval/floor/"), "objective": metrics[key], "run_dir": run_dir}
+    out = []
+    for reports in evaluate_together(e.mode, checkpoints, opts):
+        results, floors = {}, {}
+        for stem, report, directory in reports:
+            report.write(directory, stem)
+            results = report.data["results"]  # finetune with several splits: the last is their mean
+            floors = report.data.get("floors", {})  # background: chance and a background reader, for the report
+        metrics = flatten(results, "eval/")
+        key = "eval/" + s.objective.metric.replace(".", "/")
+        if key not in metrics:
+            raise KeyError(f"objective.metric {s.objective.metric!r} is not in the {e.mode} results; they have: "
+                           + ", ".join(k[5:].replace("/", ".") for k in metrics))
+        out.append({**metrics, **flatten(floors, "eval/floor/"), "objective": metrics[key]})
+    return out
