@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--batch-size", type=int, default=32, help="clips per model call (default 32)")
     w = sub.add_parser("sweep", help="4 tiny trials as one beray.sweep vs back-to-back beray.train + beray.eval")
     w.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
+    w.add_argument("--pack", action="store_true",
+                   help="instead: the same 4-point grid packed and unpacked: wall time and decode CPU-seconds")
+    w.add_argument("--videos", choices=("synth", "ucf"), default="synth",
+                   help="with --pack: BackgroundBias-Synth, or UCF101-shaped videos (320x240) as bench decode's")
     for p in (d, b, t, k, e, w):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         p.add_argument("--verbose", action="store_true", help="show Ray's own output live (default: a log file)")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           if packed else bench.run(args.preset, args.overrides, args.epochs, args.device,
                                                    args.repeats)),
         "extract": lambda: bench.run(args.preset, args.overrides, args.batch_size),
-        "sweep": lambda: bench.run(args.epochs),
+        "sweep": lambda: bench.run_pack(args.epochs, args.videos) if args.pack else bench.run(args.epochs),
         "soak": lambda: bench.run(args.clips, epoch_clips=args.epoch_clips, progress=not args.json),
     }
     with console.session("bench", args.verbose):
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(console.out()):  # the table is beray's: on the terminal
             if args.json:
                 print(json.dumps(res))
+            elif getattr(args, "pack", False):
+                bench.print_pack_table(res)
             else:
                 bench.print_table(res)
     return 0

@@ -18,12 +18,15 @@ from pathlib import Path
 from beray.config import load_config
 
 
-def ucf_manifest(directory: Path, per_format: int = 12) -> Path:
-    """A manifest dataset of ``bench decode``'s UCF101-shaped videos (320x240, 25 fps, 7-10 s; AVI and MP4)."""
+def ucf_manifest(directory: Path, per_format: int = 12, test: bool = False) -> Path:
+    """A manifest dataset of ``bench decode``'s UCF101-shaped videos (320x240, 25 fps, 7-10 s; AVI and MP4);
+    ``test``: the same videos as a ``test`` subset too (for an evaluation)."""
     from beray.bench.decode import ucf_like_videos
 
     paths = [p for fmt in ucf_like_videos(per_format).values() for p in fmt]
-    (directory / "train.csv").write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(paths)))
+    rows = "path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(paths))
+    for subset in ("train", "test") if test else ("train",):
+        (directory / f"{subset}.csv").write_text(rows)
     return directory
 
 

@@ -140,6 +140,9 @@ def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, r
     ``RunData`` handle (None: epoch 0, skips only counted). An unreadable video is dropped,
     counted on the ``beray_skipped_videos`` metric (tagged ``run_name``) and named to ``state``.
     """
+    import torch  # noqa: F401  a fresh worker's first import (seconds of CPU) is its start-up, not decoding
+    import torchvision.transforms.v2  # noqa: F401
+
     cpu = time.thread_time()
     table = ray.get(records) if isinstance(records, ray.ObjectRef) else records
     epoch = ray.get(state.get_epoch.remote()) if state is not None else 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ def decode_clips(batch: dict[str, np.ndarray], specs: list[ClipSpec], timeout_s:
                  ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` on records: their test clips (record ``job`` j sampled as ``specs[j]``),
     one row per clip. An unreadable video is named to ``state`` and left out."""
+    cpu = time.thread_time()
     rows: dict[str, list] = {"x": [], "job": [], "video": [], "clip": [], "label": []}
     for i in range(len(batch["path"])):
         record = {k: col[i].item() if isinstance(col[i], np.generic) else col[i] for k, col in batch.items()}
@@ -105,6 +107,7 @@ def decode_clips(batch: dict[str, np.ndarray], specs: list[ClipSpec], timeout_s:
         for k, v in (("job", record["job"]), ("video", record["index"]), ("label", record["label"])):
             rows[k].extend([v] * n)
         rows["clip"].extend(range(n))
+    state.add_decode.remote(time.thread_time() - cpu, len(rows["x"]))
     return {k: np.stack(v) if k == "x" else np.asarray(v, dtype=np.int64) for k, v in rows.items()} if rows["x"] else {}
 
 
@@ -170,7 +173,8 @@ def extract(models: list[tuple[Config, Any]], head: str, jobs: list[tuple[list[d
             for k in out:
                 out[k].append(b[k])
             bar.update(len(b["label"]))
-    skipped = ray.get(state.all.remote())
+    skipped, (seconds, clips) = ray.get([state.all.remote(), state.decoded.remote()])
+    _SPENT[0], _SPENT[1] = _SPENT[0] + seconds, _SPENT[1] + clips
     ray.kill(state)
     if not out["label"]:
         raise VideoReadError(rows[0]["path"] if rows else "?", f"no readable video among {len(rows)}")
@@ -186,6 +190,14 @@ def extract(models: list[tuple[Config, Any]], head: str, jobs: list[tuple[list[d
             per_model.append(Features(cat[feature][order], cat["label"][order], cat["video"][order],
                                       cat["clip"][order], {p: why for p, why in skipped.items() if p in paths}))
     return results
+
+
+def decode_spent() -> tuple[float, int]:
+    """The decode tasks' CPU-seconds and clips of every ``extract`` this process ran (``bench sweep --pack``)."""
+    return _SPENT[0], _SPENT[1]
+
+
+_SPENT = [0.0, 0]
 
 
 def cache_key(tag: str, cfg: Config, subset: str, head: str, spec: ClipSpec, pool: tuple[int, int, int]) -> str:

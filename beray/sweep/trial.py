@@ -61,7 +61,10 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from operator import sub
+
     from beray import storage as st
+    from beray.eval.extract import decode_spent
     from beray.sweep.spec import _sets
     from beray.train.launch import fit
 
@@ -72,16 +75,19 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     cfg = s.run_config(point, seed, storage=runs, name=name)
     packed = bool(members[0][0])
     info = fit(cfg, name, callbacks=[TuneReportCallback()], members=[_sets(p) for _, p, _ in members] if packed else [])
-    if not packed:
-        (scored,) = _scored(s, [info.checkpoint])
-        tune.report({**numbers(info.metrics), **scored, "run_dir": info.dir, "finished": True})
-        return
     failed = info.metrics.get("failed", {})
     live = [m for m, _, _ in members if m not in failed]
-    scored = _scored(s, [st.join(info.checkpoint, m) for m in live])  # the test clips decoded once for all
+    before = decode_spent()
+    scored = _scored(s, [st.join(info.checkpoint, m) if m else info.checkpoint for m in live])
+    # what this attempt's job spent decoding, training and evaluating: the whole pack's (bench sweep --pack)
+    spent = {"decode_cpu_s": info.metrics["decode_cpu_s"], "decode_clips": info.metrics["decode_clips"],
+             **dict(zip(("eval_decode_cpu_s", "eval_decode_clips"), map(sub, decode_spent(), before)))}
+    if not packed:
+        tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "finished": True})
+        return
     done = {m: {**numbers(info.metrics["members"][m]), **sc, "run_dir": st.join(info.dir, m)}
             for m, sc in zip(live, scored)}
-    tune.report({"members": done, "failed": failed, "finished": True})
+    tune.report({"members": done, "failed": failed, **spent, "finished": True})
 
 
 def _scored(s: Sweep, checkpoints: list[str]) -> list[dict]:
