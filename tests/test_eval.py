@@ -111,13 +111,10 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
     assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
 
 
-def test_checkpoints_evaluated_together_score_and_cache_what_each_scores_alone(pretrained, tmp_path):
-    # Two checkpoints with other weights (a pack's members): one pass embeds each decoded clip with both
-    # models; each gets its own results and cache, equal to its evaluation alone, for every feature.
+def _two_models(pretrained: Path, tmp_path: Path) -> dict[tuple[str, str], Path]:
+    """(together | alone, a | b) -> a copy of the pretrained run; b's weights halved: another model. The two
+    copies of ``together`` sit side by side, as a pack's members in their run (RUN/a, RUN/b)."""
     import shutil
-
-    from beray.eval.extract import load_cached
-    from beray.eval.run import EvalOptions, evaluate, evaluate_together
 
     runs = {}
     for name, scale in (("a", 1.0), ("b", 0.5)):
@@ -128,6 +125,16 @@ def test_checkpoints_evaluated_together_score_and_cache_what_each_scores_alone(p
             state["model"] = {k: v * scale if v.is_floating_point() else v for k, v in state["model"].items()}
             torch.save(state, f)
             runs[where, name] = run
+    return runs
+
+
+def test_checkpoints_evaluated_together_score_and_cache_what_each_scores_alone(pretrained, tmp_path):
+    # Two checkpoints with other weights (a pack's members): one pass embeds each decoded clip with both
+    # models; each gets its own results and cache, equal to its evaluation alone, for every feature.
+    from beray.eval.extract import load_cached
+    from beray.eval.run import EvalOptions, evaluate, evaluate_together
+
+    runs = _two_models(pretrained, tmp_path)
     opts = EvalOptions(k=5, progress=False)
     together = evaluate_together("knn", [str(runs["together", n]) for n in "ab"], opts)
     for n, [(_, report, directory)] in zip("ab", together):
@@ -215,6 +222,25 @@ def test_finetune_a_two_class_set_through_ray_train(pretrained, tiny_synth, tmp_
     assert tuned["config"]["model"]["pretrained"] == str(_last_checkpoint(pretrained) / STATE_FILE)
     run_dir = Path(res["run_dir"])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tensorboard").is_dir()
+
+
+def test_a_packs_members_fine_tune_together_to_the_numbers_each_gets_alone(pretrained, tiny_synth, tmp_path):
+    # One Ray Train job fine-tunes both (members a and b of RUN/eval/finetune-...), one pass tests both
+    from beray.eval.run import EvalOptions, evaluate, evaluate_together
+
+    runs = _two_models(pretrained, tmp_path)
+    opts = EvalOptions(dataset="manifest", root=str(_two_class_manifest(tiny_synth, tmp_path / "two")), clips=3,
+                       overrides=["optim.epochs=1", "optim.batch_size=2"], progress=False)
+    together = evaluate_together("finetune", [str(runs["together", n]) for n in "ab"], opts)
+    job = tmp_path / "together" / "eval" / "finetune-manifest-split1"
+    assert sorted(p.name for p in job.glob("checkpoint_*/*") if p.is_dir()) == ["a", "b"]  # one job, two members
+    for n, [(stem, report, directory)] in zip("ab", together):
+        [(_, alone, _)] = evaluate("finetune", runs["alone", n], opts)
+        assert directory == runs["together", n] / "eval" and report.data["run_dir"] == str(job / n)
+        assert (report.data["train_loss"], report.data["results"]) == (alone.data["train_loss"], alone.data["results"])
+        assert torch.load(report.data["finetuned"], weights_only=True)["config"]["model"]["pretrained"] == \
+            str(_last_checkpoint(runs["together", n]) / STATE_FILE)  # each from its own pretrained model
+    assert together[0][0][1].data["train_loss"] != together[1][0][1].data["train_loss"]
 
 
 def test_static_bias_of_two_finetuned_checkpoints(pretrained, tmp_path, capsys):

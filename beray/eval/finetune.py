@@ -4,15 +4,17 @@ The backbone's weights are transferred, a new FC layer is trained with the rest 
 lr 0.05 divided by 10 every 10 epochs) as a Ray Train job through the same Ray Data pipeline
 (x_o and its label, no BE), with checkpoints and TensorBoard as pretraining has. The test score
 of a video is the mean softmax of 10 clips uniformly sampled from it; top-1 and top-5.
-The fine-tuning run lives in ``EVAL_DIR/finetune-<dataset>-split<N>/``: run again, it resumes
-(or, finished, is tested again) rather than starting over.
+The fine-tuning run lives in ``EVAL_DIR/finetune-<dataset>-split<N>/`` (a pack's members fine-tune as one
+job in ``RUN/eval/finetune-<dataset>-split<N>/MEMBER``): run again, it resumes (or, finished, is tested
+again) rather than starting over.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
-from beray.config import Config, ConfigError, load_config
+from beray.config import Config, ConfigError, _flat, load_config
 from beray.console import say
 from beray.data.datasets import index_dataset
 from beray.eval.context import EvalContext
@@ -37,52 +39,88 @@ def finetune_config(source: Source, dataset: str | None, root: str | None, split
     return load_config(overrides=list(overrides), base=base)
 
 
-def finetune(source: Source, split: int, opts) -> Report:
-    """Fine-tune ``source`` on ``split`` through Ray Train, then test it with ``opts.clips`` clips per video
-    (``opts``: the run's ``EvalOptions``)."""
+def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
+    """Fine-tune each of ``sources`` on ``split`` through Ray Train, then test it with ``opts.clips`` clips per
+    video (``opts``: the run's ``EvalOptions``). Several (a pack's members, their eval folders
+    ``RUN/MEMBER/eval``) are fine-tuned as the members of one Ray Train job on one labelled stream, in
+    ``RUN/eval/``, and tested in one pass over the test clips; each member's numbers are those it would
+    have alone."""
+    from beray.eval.context import features_together
     from beray.train.launch import fit
 
     t0 = time.perf_counter()
-    cfg = finetune_config(source, opts.dataset, opts.root, split, opts.overrides)
+    cfgs = [finetune_config(s, opts.dataset, opts.root, split, opts.overrides) for s in sources]
+    cfg, names, members = cfgs[0], [], []
+    if len(sources) > 1:
+        names = [s.eval_dir.parent.name for s in sources]
+        job = cfg.run.model_copy(update={"storage": str(sources[0].eval_dir.parent.parent / "eval")})  # RUN/eval
+        cfg = cfg.model_copy(update={"run": job})
+        first = _flat(cfgs[0].model_dump(mode="json"))
+        members = [[f"{k}={json.dumps(v)}" for k, v in _flat(c.model_dump(mode="json")).items()
+                    if first[k] != v and k not in ("run.storage", "run.name")] for c in cfgs]  # each one's own
     if opts.progress:
-        say(f"fine-tuning {source.describe()} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
-            f"lr {cfg.optim.lr}, run {source.eval_dir / cfg.run.name}")
-    info = fit(cfg, cfg.run.name, echo=opts.progress)
+        what = sources[0].describe() if len(sources) == 1 else f"{len(sources)} checkpoints as one pack"
+        say(f"fine-tuning {what} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
+            f"lr {cfg.optim.lr}, run {cfg.run.storage}/{cfg.run.name}")
+    info = fit(cfg, cfg.run.name, echo=opts.progress, members=members, names=names or None)
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
-    tuned = open_checkpoint(info.checkpoint)
-    ctx = EvalContext(tuned, cfg, **opts.context())
+    failed = info.metrics.get("failed", {})
+    if failed:  # a member's loss went non-finite: its fine-tuning has no result to test
+        raise ConfigError(f"fine-tuning {cfg.run.name}: " + "; ".join(f"member {n}: {why}" for n, why in failed.items()))
+    tuned = [open_checkpoint(f"{info.checkpoint}/{n}" if n else info.checkpoint) for n in names or [""]]
+    ctxs = [EvalContext(t, c, **opts.context()) for t, c in zip(tuned, cfgs)]
+    subsets = ctxs[0].test_subsets()
+    features = features_together(ctxs, [(s, "uniform", opts.clips) for s in subsets], "logits")
+    elapsed = round(time.perf_counter() - t0, 2)
+    reports = []
+    for i, (source, c, t, feats) in enumerate(zip(sources, cfgs, tuned, features)):
+        last = info.metrics["members"][names[i]] if names else info.metrics
+        run_dir = f"{info.dir}/{names[i]}" if names else info.dir
+        reports.append(_tested(source, c, t, feats, subsets, last, run_dir, opts.clips, elapsed))
+    return reports
+
+
+def _tested(source: Source, cfg: Config, tuned: Source, feats: list, subsets: list[str], last: dict, run_dir: str,
+            clips: int, elapsed: float) -> Report:
+    """The report of a fine-tuned model from its ``logits`` features of each test subset."""
     results, rows, skipped = {}, [], {}
-    subsets = ctx.test_subsets()
-    for subset, feats in zip(subsets, ctx.features_of([(s, "uniform", opts.clips) for s in subsets], "logits")):
-        skipped.update(feats.skipped)
-        logits, labels = feats.per_video()
+    for subset, f in zip(subsets, feats):
+        skipped.update(f.skipped)
+        logits, labels = f.per_video()
         acc = topk_accuracy(clip_average(logits), labels)
         results[subset] = {"top1": acc[1], "top5": acc[5], "videos": len(labels)}
         rows.append([subset, acc[1], acc[5], len(labels)])
-    last = info.metrics
-    data = {"dataset": cfg.data.dataset, "split": split, "checkpoint": str(source.path),
-            "model": source.describe(), "finetuned": str(tuned.path), "run_dir": info.dir,
-            "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "clips_per_video": opts.clips,
+    data = {"dataset": cfg.data.dataset, "split": cfg.data.split, "checkpoint": str(source.path),
+            "model": source.describe(), "finetuned": str(tuned.path), "run_dir": run_dir,
+            "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "clips_per_video": clips,
             "num_classes": cfg.method.num_classes, "chance": 1 / cfg.method.num_classes,
-            "train_loss": last.get("loss"), "skipped_videos": skipped, "results": results,
-            "elapsed_s": round(time.perf_counter() - t0, 2)}
-    return Report("finetune", f"fine-tuned action recognition, {cfg.data.dataset} split {split}",
+            "train_loss": last.get("loss"), "skipped_videos": skipped, "results": results, "elapsed_s": elapsed}
+    return Report("finetune", f"fine-tuned action recognition, {cfg.data.dataset} split {cfg.data.split}",
                   ["test subset", "top-1", "top-5", "videos"], rows, data,
                   [f"{cfg.optim.epochs} epochs from {source.describe()}; a video's score is the mean softmax of "
-                   f"{opts.clips} uniformly spaced clips; TensorBoard: {info.dir}/tensorboard"])
+                   f"{clips} uniformly spaced clips; TensorBoard: {run_dir}/tensorboard"])
 
 
 def finetune_splits(source: Source, opts) -> list[tuple[str, Report, object]]:
     """``finetune`` on ``--split`` or each of ``--splits``; with several, their mean as Table 1 reports it."""
+    return finetune_splits_of([source], opts)[0]
+
+
+def finetune_splits_of(sources: list[Source], opts) -> list[list[tuple[str, Report, object]]]:
+    """``finetune_splits`` of each of ``sources``, fine-tuned together (``finetune_pack``) split by split."""
     try:
         splits = [int(s) for s in opts.splits.split(",")] if opts.splits else [opts.split or 1]
     except ValueError:
         raise ConfigError(f"--splits {opts.splits!r}: expected comma-separated numbers, e.g. 1,2,3") from None
-    dataset = opts.dataset or source.config.data.dataset
-    out = [(f"finetune-{dataset}-split{s}", finetune(source, s, opts), source.eval_dir) for s in splits]
+    per_split = [finetune_pack(sources, s, opts) for s in splits]
+    return [_with_mean(source, opts.dataset or source.config.data.dataset, splits, [r[i] for r in per_split])
+            for i, source in enumerate(sources)]
+
+
+def _with_mean(source: Source, dataset: str, splits: list[int], reports: list[Report]) -> list[tuple[str, Report, object]]:
+    out = [(f"finetune-{dataset}-split{s}", r, source.eval_dir) for s, r in zip(splits, reports)]
     if len(splits) > 1:
-        reports = [r for _, r, _ in out]
         subsets = list(reports[0].data["results"])
         mean = {sub: {m: sum(r.data["results"][sub][m] for r in reports) / len(reports) for m in ("top1", "top5")}
                 for sub in subsets}

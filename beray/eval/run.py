@@ -89,11 +89,19 @@ def evaluate_together(mode: str, checkpoints: list[str], opts: EvalOptions = Eva
                       ) -> list[list[tuple[str, Report, Path]]]:
     """``evaluate`` of each checkpoint. For a frozen mode the features every checkpoint needs are first
     extracted in one pass over the test clips (each decoded once, embedded by every model) into each
-    checkpoint's own cache, which each evaluation then reads; the other modes run one after another."""
+    checkpoint's own cache, which each evaluation then reads. ``finetune`` of a pack's members fine-tunes them
+    as one pack on one labelled stream (``finetune_pack``); the other modes run one after another."""
     from beray.eval.context import features_together
     from beray.eval.frozen import wanted_features
     from beray.eval.source import open_checkpoint
 
+    if mode == "finetune" and len(checkpoints) > 1:
+        from beray.eval.finetune import finetune_splits_of
+
+        sources = [open_checkpoint(c) for c in checkpoints]  # a pack's members: RUN/MEMBER/eval, one RUN
+        if len({s.eval_dir.parent.name for s in sources}) == len(sources) and \
+                len({s.eval_dir.parent.parent for s in sources}) == 1:
+            return finetune_splits_of(sources, opts)
     if mode in FROZEN and len(checkpoints) > 1 and opts.use_cache:
         ctxs = [context(open_checkpoint(c), opts) for c in checkpoints]
         features_together(ctxs, *wanted_features(mode, ctxs[0]))

@@ -42,6 +42,9 @@ class SweepProgress(Callback):
         self.ended: dict[str, str] = {r["trial_id"]: r["status"] for r in read_records(results)
                                       if r.get("status") in STATES[2:]}
         self.resumed: dict[str, int] = {}  # trial id -> the epoch its run last resumed from
+        # every point, with every seed: Tune makes trials only as max_concurrent_trials lets it
+        points = sweep.search.samples if sweep.search.algorithm == "optuna" else len(sweep.points())
+        self.total = points * len(sweep.seed_list)
         self._gauge, self._published = None, 0.0
 
     def __getstate__(self) -> dict:
@@ -52,17 +55,20 @@ class SweepProgress(Callback):
         return [(f"{trial.trial_id}/{m}" if m else trial.trial_id, m, point, seed)
                 for m, point, seed in members_of(trial.config, self.sweep)]
 
-    def counts(self, trials) -> dict[str, int]:
-        """Points per state of ``STATES``; a point Tune still calls running may already have ended here."""
+    def counts(self, trials, starting=None) -> dict[str, int]:
+        """Points per state of ``STATES``; a point Tune still calls running may already have ended here, and
+        the ``starting`` trial is running although Tune calls it pending until its start has been told."""
         counts = dict.fromkeys(STATES, 0)
         for t in trials:
+            state = "running" if t is starting else _TUNE_STATE.get(t.status, "pending")
             for key, *_ in self._points(t):
-                counts[self.ended.get(key) or _TUNE_STATE.get(t.status, "pending")] += 1
+                counts[self.ended.get(key) or state] += 1
+        counts["pending"] += max(0, self.total - sum(counts.values()))  # points Tune has not made trials of yet
         return counts
 
-    def _publish(self, trials) -> dict[str, int]:
+    def _publish(self, trials, starting=None) -> dict[str, int]:
         """Set the ``beray_sweep_trials`` gauge from ``counts``; returns them."""
-        counts = self.counts(trials)
+        counts = self.counts(trials, starting)
         if self._gauge is None:
             self._gauge = Gauge("beray_sweep_trials", "Trials of a sweep in each state", tag_keys=("sweep", "state"))
         for state, n in counts.items():
@@ -75,9 +81,9 @@ class SweepProgress(Callback):
         if time.monotonic() - self._published > REFRESH_S:
             self._publish(trials)
 
-    def _say(self, trials, text: str) -> None:
+    def _say(self, trials, text: str, starting=None) -> None:
         """``text`` with the counts, also set on the ``beray_sweep_trials`` gauge."""
-        counts = self._publish(trials)
+        counts = self._publish(trials, starting)
         done = counts["finished"] + counts["stopped"] + counts["failed"]
         say(f"[{time.strftime('%H:%M:%S')}] {text}   ({done} done, {counts['running']} running, "
             f"{counts['pending']} pending)")
@@ -92,7 +98,7 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         for key, _, point, seed in self._points(trial):
             if key not in self.ended:  # a restarted pack trains its members that ended no further
-                self._say(trials, f"started   {key} {describe(point, seed)}")
+                self._say(trials, f"started   {key} {describe(point, seed)}", starting=trial)
                 self._write(key, point, seed, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

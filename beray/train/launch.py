@@ -43,10 +43,12 @@ def run_dir(cfg: Config, name: str) -> str:
     return st.join(st.resolve(cfg.run.storage), name)
 
 
-def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = False, members: list[list[str]] = ()):
+def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = False, members: list[list[str]] = (),
+                 names: list[str] | None = None):
     """The TorchTrainer of run ``name`` (resuming when its storage holds checkpoints), with Ray
     Train ``callbacks``; ``echo``: rank 0's lines go to the driver's terminal (``fit`` prints them).
-    ``members``: one list of overrides of ``cfg`` per member of a pack (none: ``cfg`` alone).
+    ``members``: one list of overrides of ``cfg`` per member of a pack (none: ``cfg`` alone), their
+    folders named ``names`` (default: after their overrides).
     Raises DatasetError before Ray starts when the data is not there, ConfigError for a bad pack."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -56,7 +58,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     from beray.train.loop import train_loop_per_worker
     from beray.train.pack import make_pack
 
-    pack = make_pack(cfg, members)  # a bad member fails here, before Ray starts
+    pack = make_pack(cfg, members, names)  # a bad member fails here, before Ray starts
     rows = training_records(cfg)  # a bad dataset fails here, before Ray starts
     storage = st.resolve(cfg.run.storage)
     directory = st.join(storage, name)
@@ -110,11 +112,11 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
 
 
 def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool = False,
-        members: list[list[str]] = ()) -> RunInfo:
-    """Pretrain ``cfg`` (or the pack of its ``members``) with ``cfg.run.workers`` Ray Train workers;
-    resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
+        members: list[list[str]] = (), names: list[str] | None = None) -> RunInfo:
+    """Pretrain ``cfg`` (or the pack of its ``members``, named ``names``) with ``cfg.run.workers`` Ray Train
+    workers; resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
     name = name or run_name(cfg, members)
-    trainer = make_trainer(cfg, name, callbacks, echo, members)
+    trainer = make_trainer(cfg, name, callbacks, echo, members, names)
     state = trainer.train_loop_config["run_data"]
     stop = threading.Event()
     printer = threading.Thread(target=_echo, args=(state, stop), daemon=True) if echo else None

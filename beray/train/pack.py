@@ -47,16 +47,16 @@ def member_name(overrides: list[str]) -> str:
     return "_".join(parts)
 
 
-def make_pack(cfg: Config, members: list[list[str]]) -> list[Member]:
-    """The members of ``cfg`` with each list of overrides (none: a pack of one, ``cfg`` itself).
-    ConfigError naming the member and the field for an invalid member, a repeated one, or one that
-    would change the shared stream."""
+def make_pack(cfg: Config, members: list[list[str]], names: list[str] | None = None) -> list[Member]:
+    """The members of ``cfg`` with each list of overrides (none: a pack of one, ``cfg`` itself), named
+    ``names`` or after their overrides. ConfigError naming the member and the field for an invalid
+    member, a repeated one, or one that would change the shared stream."""
     if not members:
         return [Member("", cfg)]
     base = cfg.model_dump(mode="json")
     pack, seen = [], {}
-    for overrides in members:
-        name = member_name(overrides)
+    for i, overrides in enumerate(members):
+        name = names[i] if names else member_name(overrides)
         try:
             member = load_config(overrides=overrides, base=base)
         except ConfigError as e:
