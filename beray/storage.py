@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,20 +43,70 @@ def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if is_uri(path) else resolve(path))
 
 
-def write_text(path: str, text: str) -> None:
+def kind(path: str) -> str | None:
+    """``"file"``, ``"dir"``, or None where nothing is."""
+    fs, p = _fs(path)
+    t = fs.get_file_info(p).type
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(t)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in folder ``path`` (none where it is not a folder)."""
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(p)))
+
+
+def stat(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns; 0 where the store keeps none) of a file."""
+    fs, p = _fs(path)
+    info = fs.get_file_info(p)
+    return info.size or 0, info.mtime_ns or 0
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write the file whole: a local one through a temporary name renamed into place (a reader never sees
+    half a file), an object through one upload (an object store shows it only once complete)."""
     fs, p = _fs(path)
     fs.create_dir(p.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+    tmp = p if is_uri(path) else f"{p}.{os.getpid()}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    if tmp != p:
+        fs.move(tmp, p)
 
 
-def read_text(path: str) -> str:
-    """The file's text; FileNotFoundError when there is none."""
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; FileNotFoundError when there is none."""
     fs, p = _fs(path)
     if fs.get_file_info(p).type != pafs.FileType.File:
         raise FileNotFoundError(path)
     with fs.open_input_stream(p) as f:
-        return f.read().decode()
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    """The file's text; FileNotFoundError when there is none."""
+    return read_bytes(path).decode()
+
+
+@contextmanager
+def writing(path: str):
+    """A local file name to write ``path`` through (a library that writes files itself: matplotlib, PIL):
+    ``path`` itself, or for a URI a temporary file uploaded when the block ends."""
+    if not is_uri(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="beray-") as tmp:
+        local = os.path.join(tmp, split(path)[1])
+        yield local
+        write_bytes(path, Path(local).read_bytes())
 
 
 def upload_dir(local: str | Path, dest: str) -> None:

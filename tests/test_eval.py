@@ -139,8 +139,8 @@ def test_checkpoints_evaluated_together_score_and_cache_what_each_scores_alone(p
     together = evaluate_together("knn", [str(runs["together", n]) for n in "ab"], opts)
     for n, [(_, report, directory)] in zip("ab", together):
         [(_, alone, alone_dir)] = evaluate("knn", runs["alone", n], opts)
-        assert directory == runs["together", n] / "eval" and report.data["results"] == alone.data["results"]
-        cached, solo = (sorted((d / "cache").glob("*.pt")) for d in (directory, alone_dir))
+        assert directory == str(runs["together", n] / "eval") and report.data["results"] == alone.data["results"]
+        cached, solo = (sorted((Path(d) / "cache").glob("*.pt")) for d in (directory, alone_dir))
         # named subset-head-sampling-digest, the digest of the checkpoint's path among the rest
         assert len(cached) == 3 and [p.name.rsplit("-", 1)[0] for p in cached] == [p.name.rsplit("-", 1)[0] for p in solo]
         for p, q in zip(cached, solo):
@@ -236,7 +236,7 @@ def test_a_packs_members_fine_tune_together_to_the_numbers_each_gets_alone(pretr
     assert sorted(p.name for p in job.glob("checkpoint_*/*") if p.is_dir()) == ["a", "b"]  # one job, two members
     for n, [(stem, report, directory)] in zip("ab", together):
         [(_, alone, _)] = evaluate("finetune", runs["alone", n], opts)
-        assert directory == runs["together", n] / "eval" and report.data["run_dir"] == str(job / n)
+        assert directory == str(runs["together", n] / "eval") and report.data["run_dir"] == str(job / n)
         assert (report.data["train_loss"], report.data["results"]) == (alone.data["train_loss"], alone.data["results"])
         assert torch.load(report.data["finetuned"], weights_only=True)["config"]["model"]["pretrained"] == \
             str(_last_checkpoint(runs["together", n]) / STATE_FILE)  # each from its own pretrained model

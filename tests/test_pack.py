@@ -45,7 +45,7 @@ def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_fa
         assert first.metrics["decode_clips"] + last.metrics["decode_clips"] == solo.metrics["decode_clips"] == 24
     folder = tmp_path / "pack" / member_name(BE)
     assert load_config(folder / "config.yaml").be.gamma == 0.5
-    state = find_state(folder)  # a member's folder reads as a run's: its last checkpoint
+    state = Path(find_state(folder))  # a member's folder reads as a run's: its last checkpoint
     assert state.parent.name == member_name(BE) and Path(last.checkpoint) == state.parent.parent
     assert json.loads((state.parent.parent / "pack.json").read_text())["failed"].keys() == {failing}
 

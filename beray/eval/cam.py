@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from beray import storage
 from beray.eval.clips import eval_clips
 from beray.eval.context import EvalContext
 from beray.eval.report import Report
@@ -62,15 +63,15 @@ def cam(ctx: EvalContext, videos: int = 4) -> Report:
 
     from beray.viz import contact_sheet
 
-    out = ctx.source.eval_dir
-    out.mkdir(parents=True, exist_ok=True)
     stem = ctx.stem("cam")
-    png = contact_sheet(shown, titles, out / f"{stem}.png", frames=min(8, clips.shape[1]))
+    png, gif = (storage.join(ctx.source.eval_dir, f"{stem}.{ext}") for ext in ("png", "gif"))
+    with storage.writing(png) as local:
+        contact_sheet(shown, titles, local, frames=min(8, clips.shape[1]))
     # GIF: every video's clip above its map, side by side, frame by frame
     columns = [np.concatenate(shown[j:j + 2], axis=1) for j in range(0, len(shown), 2)]
     frames = [Image.fromarray(np.concatenate([c[t] for c in columns], axis=1)) for t in range(clips.shape[1])]
-    gif = out / f"{stem}.gif"
-    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    with storage.writing(gif) as local:
+        frames[0].save(local, save_all=True, append_images=frames[1:], duration=200, loop=0)
     data = {"dataset": ctx.cfg.data.dataset, "split": ctx.cfg.data.split, "subset": subset,
             "checkpoint": str(ctx.source.path), "model": ctx.source.describe(),
             "videos": [{"video_id": r[1], "class": r[2], "mean_activation": r[3]} for r in rows]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from beray import storage
 from beray.config import Config
 from beray.data.datasets import DatasetError, DatasetIndex, index_dataset
 from beray.data.views import record_row
@@ -85,7 +86,7 @@ def features_together(ctxs: list[EvalContext], wanted: list[tuple[str, str, int]
     for ctx in ctxs:
         keys.append([cache_key(ctx.source.tag, ctx.cfg, subset, head, spec, pool)
                      for (subset, _, _), spec in zip(wanted, specs)])
-        found.append([load_cached(ctx.source.eval_dir / "cache", k) if ctx.use_cache else None for k in keys[-1]])
+        found.append([load_cached(storage.join(ctx.source.eval_dir, "cache"), k) if ctx.use_cache else None for k in keys[-1]])
     todo = [i for i in range(len(wanted)) if any(f[i] is None for f in found)]
     models = [c for c, f in enumerate(found) if any(f[i] is None for i in todo)]
     if todo:
@@ -99,5 +100,5 @@ def features_together(ctxs: list[EvalContext], wanted: list[tuple[str, str, int]
             for i, f in zip(todo, per_job):
                 if found[c][i] is None:
                     found[c][i] = f
-                    store_cached(ctxs[c].source.eval_dir / "cache", keys[c][i], f)
+                    store_cached(storage.join(ctxs[c].source.eval_dir, "cache"), keys[c][i], f)
     return found

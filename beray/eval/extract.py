@@ -13,6 +13,7 @@ linear and background decode each subset once.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from beray import storage
 from beray.config import Config
 from beray.data.video import VideoReadError
 from beray.eval.clips import ClipSpec, eval_clips
@@ -208,18 +210,16 @@ def cache_key(tag: str, cfg: Config, subset: str, head: str, spec: ClipSpec, poo
     return f"{d.dataset}-split{d.split}-{subset}-{head}-{spec.sampling}-{digest}"
 
 
-def load_cached(cache_dir: Path, key: str) -> Features | None:
+def load_cached(cache_dir: str | Path, key: str) -> Features | None:
     """The Features kept under ``key`` (read back with ``weights_only``), or None."""
-    f = Path(cache_dir) / f"{key}.pt"
     try:
-        return Features(**torch.load(f, weights_only=True)) if f.is_file() else None
-    except Exception:  # a cache file cut short by a crash: compute again
+        return Features(**torch.load(io.BytesIO(storage.read_bytes(storage.join(str(cache_dir), f"{key}.pt"))),
+                                     weights_only=True))
+    except Exception:  # none yet (FileNotFoundError), or a file cut short by a crash: compute again
         return None
 
 
-def store_cached(cache_dir: Path, key: str, feats: Features) -> None:
-    f = Path(cache_dir) / f"{key}.pt"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    torch.save(asdict(feats), tmp)
-    tmp.replace(f)  # a reader never sees half a file
+def store_cached(cache_dir: str | Path, key: str, feats: Features) -> None:
+    buffer = io.BytesIO()
+    torch.save(asdict(feats), buffer)
+    storage.write_bytes(storage.join(str(cache_dir), f"{key}.pt"), buffer.getvalue())  # never half a file

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import time
 
+from beray import storage
 from beray.config import Config, ConfigError, _flat, load_config
 from beray.console import say
 from beray.data.datasets import index_dataset
 from beray.eval.context import EvalContext
 from beray.eval.metrics import clip_average, topk_accuracy
 from beray.eval.report import Report
-from beray.eval.source import Source, eval_config, open_checkpoint
+from beray.eval.source import Source, eval_config, open_checkpoint, pack_member
 
 PAPER = {"epochs": 45, "lr": 0.05, "lr_step": 10, "lr_decay": 0.1}  # Sec. 4.1, "Supervised Fine-tuning Settings"
 
@@ -35,7 +36,7 @@ def finetune_config(source: Source, dataset: str | None, root: str | None, split
     base["method"].update(name="finetune", num_classes=max(index.num_classes, 2))
     base["model"]["pretrained"] = str(source.path)
     base["optim"].update(PAPER)
-    base["run"].update(storage=str(source.eval_dir), name=f"finetune-{data.dataset}-split{split}")
+    base["run"].update(storage=source.eval_dir, name=f"finetune-{data.dataset}-split{split}")
     return load_config(overrides=list(overrides), base=base)
 
 
@@ -52,8 +53,8 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     cfgs = [finetune_config(s, opts.dataset, opts.root, split, opts.overrides) for s in sources]
     cfg, names, members = cfgs[0], [], []
     if len(sources) > 1:
-        names = [s.eval_dir.parent.name for s in sources]
-        job = cfg.run.model_copy(update={"storage": str(sources[0].eval_dir.parent.parent / "eval")})  # RUN/eval
+        names = [pack_member(s)[1] for s in sources]
+        job = cfg.run.model_copy(update={"storage": storage.join(pack_member(sources[0])[0], "eval")})  # RUN/eval
         cfg = cfg.model_copy(update={"run": job})
         first = _flat(cfgs[0].model_dump(mode="json"))
         members = [[f"{k}={json.dumps(v)}" for k, v in _flat(c.model_dump(mode="json")).items()
@@ -68,7 +69,7 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     failed = info.metrics.get("failed", {})
     if failed:  # a member's loss went non-finite: its fine-tuning has no result to test
         raise ConfigError(f"fine-tuning {cfg.run.name}: " + "; ".join(f"member {n}: {why}" for n, why in failed.items()))
-    tuned = [open_checkpoint(f"{info.checkpoint}/{n}" if n else info.checkpoint) for n in names or [""]]
+    tuned = [open_checkpoint(storage.join(info.checkpoint, n) if n else info.checkpoint) for n in names or [""]]
     ctxs = [EvalContext(t, c, **opts.context()) for t, c in zip(tuned, cfgs)]
     subsets = ctxs[0].test_subsets()
     features = features_together(ctxs, [(s, "uniform", opts.clips) for s in subsets], "logits")
@@ -76,7 +77,7 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     reports = []
     for i, (source, c, t, feats) in enumerate(zip(sources, cfgs, tuned, features)):
         last = info.metrics["members"][names[i]] if names else info.metrics
-        run_dir = f"{info.dir}/{names[i]}" if names else info.dir
+        run_dir = storage.join(info.dir, names[i]) if names else info.dir
         reports.append(_tested(source, c, t, feats, subsets, last, run_dir, opts.clips, elapsed))
     return reports
 

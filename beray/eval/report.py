@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beray import storage
+
 
 def _cell(v) -> str:
     if isinstance(v, float):
@@ -37,9 +39,10 @@ class Report:
             parts += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(parts) + "\n"
 
-    def write(self, eval_dir: Path, stem: str) -> tuple[Path, Path]:
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        js, md = eval_dir / f"{stem}.json", eval_dir / f"{stem}.md"
-        js.write_text(json.dumps({"mode": self.mode, **self.data, "files": self.files}, indent=2, default=str) + "\n")
-        md.write_text(self.markdown())
+    def write(self, eval_dir: str | Path, stem: str) -> tuple[str, str]:
+        """``EVAL_DIR/STEM.json`` and ``.md``, a local folder or a URI; returns their names."""
+        js, md = (storage.join(str(eval_dir), f"{stem}.{ext}") for ext in ("json", "md"))
+        storage.write_text(js, json.dumps({"mode": self.mode, **self.data, "files": self.files}, indent=2,
+                                          default=str) + "\n")
+        storage.write_text(md, self.markdown())
         return js, md

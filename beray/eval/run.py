@@ -98,9 +98,11 @@ def evaluate_together(mode: str, checkpoints: list[str], opts: EvalOptions = Eva
     if mode == "finetune" and len(checkpoints) > 1:
         from beray.eval.finetune import finetune_splits_of
 
+        from beray.eval.source import pack_member
+
         sources = [open_checkpoint(c) for c in checkpoints]  # a pack's members: RUN/MEMBER/eval, one RUN
-        if len({s.eval_dir.parent.name for s in sources}) == len(sources) and \
-                len({s.eval_dir.parent.parent for s in sources}) == 1:
+        places = [pack_member(s) for s in sources]
+        if len({name for _, name in places}) == len(sources) and len({run for run, _ in places}) == 1:
             return finetune_splits_of(sources, opts)
     if mode in FROZEN and len(checkpoints) > 1 and opts.use_cache:
         ctxs = [context(open_checkpoint(c), opts) for c in checkpoints]

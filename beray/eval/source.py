@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from torch import nn
 
+from beray import storage
 from beray.config import Config, format_errors, load_config
 from beray.methods.build import build_method
 from beray.models import build_backbone
@@ -21,16 +22,16 @@ from beray.train.checkpoint import CheckpointError, backbone_weights, load_weigh
 
 @dataclass
 class Source:
-    path: Path  # the state.pt
+    path: str  # the state.pt, a local path or a URI
     state: dict
     config: Config  # as the run was trained
-    eval_dir: Path  # where results go: RUN/eval (a pack member's: RUN/MEMBER/eval), or next to the checkpoint
+    eval_dir: str  # where results go: RUN/eval (a pack member's: RUN/MEMBER/eval), or next to the checkpoint
 
     @property
     def tag(self) -> str:
         """Names this checkpoint's cached features: the file, its size and modification time."""
-        st = self.path.stat()
-        return f"{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        size, mtime = storage.stat(self.path)
+        return f"{self.path}:{size}:{mtime}"
 
     def describe(self) -> str:
         c = self.config
@@ -43,9 +44,17 @@ def open_checkpoint(path: str | Path) -> Source:
         config = Config.model_validate(state["config"])
     except ValidationError as e:
         raise CheckpointError(f"{f} holds a config beray cannot read: {format_errors(e)}") from None
-    run_dir, member = f.parent.parent, f.parent.parent.parent / f.parent.name  # RUN/checkpoint_*/MEMBER/state.pt
-    eval_dir = next((d / "eval" for d in (run_dir, member) if (d / "config.yaml").is_file()), f.parent / "eval")
+    folder = storage.split(f)[0]
+    run_dir, name = storage.split(folder)
+    member = storage.join(storage.split(run_dir)[0], name)  # RUN/checkpoint_*/MEMBER/state.pt -> RUN/MEMBER
+    eval_dir = next((storage.join(d, "eval") for d in (run_dir, member)
+                     if storage.kind(storage.join(d, "config.yaml")) == "file"), storage.join(folder, "eval"))
     return Source(f, state, config, eval_dir)
+
+
+def pack_member(source: Source) -> tuple[str, str]:
+    """(RUN, MEMBER) of a checkpoint whose results go to RUN/MEMBER/eval (a pack's member's)."""
+    return storage.split(storage.split(source.eval_dir)[0])
 
 
 def eval_config(source: Source, dataset: str | None = None, root: str | None = None, split: int | None = None,

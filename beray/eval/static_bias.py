@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from beray import storage
 from beray.eval.context import EvalContext
 from beray.eval.metrics import clip_average, pearson, per_class_accuracy
 from beray.eval.report import Report
@@ -40,8 +41,9 @@ def static_bias(ctx: EvalContext, baseline: EvalContext, clips: int = 10) -> Rep
     ok = ~(rel.isnan() | static.isnan())
     rho, p = pearson(static[ok], rel[ok]) if int(ok.sum()) >= 3 else (float("nan"), float("nan"))
     names = ctx.index.classes or [str(c) for c in range(ctx.num_classes)]
-    png = ctx.source.eval_dir / f"{ctx.stem('static-bias')}.png"
-    scatter(static[ok], rel[ok], [n for n, k in zip(names, ok.tolist()) if k], rho, p, png)
+    png = storage.join(ctx.source.eval_dir, f"{ctx.stem('static-bias')}.png")
+    with storage.writing(png) as local:
+        scatter(static[ok], rel[ok], [n for n, k in zip(names, ok.tolist()) if k], rho, p, local)
     rows = [[n, static[c].item(), acc_base[c].item(), acc[c].item(), rel[c].item()] for c, n in enumerate(names)]
     per_class = {n: {"static": r[1], "baseline": r[2], "method": r[3], "relative_improvement_pct": r[4]}
                  for n, r in zip(names, rows)}
@@ -80,6 +82,5 @@ def scatter(static: torch.Tensor, rel: torch.Tensor, names: list[str], rho: floa
     ax.set_ylabel("relative top-1 improvement (%)")
     ax.set_title(f"Pearson rho = {rho:.3f}, p = {p:.3g}" if not math.isnan(rho) else "rho undefined: fewer than 3 classes, or a constant sample")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100)  # its folder made by storage.writing
     plt.close(fig)

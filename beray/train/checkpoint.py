@@ -6,6 +6,7 @@ The file holds tensors, numbers, strings and containers only, so it loads with
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from beray import storage as st
 
 STATE_FILE = "state.pt"
 
@@ -69,28 +72,35 @@ class CheckpointError(Exception):
     """A file is not a beray checkpoint, or holds a model other than the one asked for."""
 
 
-def find_state(path: str | Path) -> Path:
-    """The ``state.pt`` that ``path`` names: the file itself, a checkpoint directory, or a run
-    directory or a pack member's directory (its last checkpoint). CheckpointError saying what was expected otherwise."""
-    p = Path(path).expanduser()
-    if p.is_file():
+def find_state(path: str | Path) -> str:
+    """The ``state.pt`` that ``path`` (local or a URI) names: the file itself, a checkpoint directory, or a
+    run directory or a pack member's directory (its last checkpoint). CheckpointError saying what was
+    expected otherwise."""
+    p = st.resolve(str(path))
+    found = st.kind(p)
+    if found == "file":
         return p
-    if (p / STATE_FILE).is_file():
-        return p / STATE_FILE
-    ckpts = sorted(c for c in p.glob("checkpoint_*") if (c / STATE_FILE).is_file()) if p.is_dir() else []
-    if not ckpts and p.is_dir():  # a pack's member: its states are in the job's checkpoints, under its name
-        ckpts = sorted(c / p.name for c in p.parent.glob("checkpoint_*") if (c / p.name / STATE_FILE).is_file())
+    if st.kind(st.join(p, STATE_FILE)) == "file":
+        return st.join(p, STATE_FILE)
+
+    def checkpoints(run: str, member: str = "") -> list[str]:
+        dirs = (st.join(run, n, *([member] if member else [])) for n in st.listdir(run) if n.startswith("checkpoint_"))
+        return [d for d in dirs if st.kind(st.join(d, STATE_FILE)) == "file"]
+
+    ckpts = checkpoints(p) if found == "dir" else []
+    if not ckpts and found == "dir":  # a pack's member: its states are in the job's checkpoints, under its name
+        ckpts = checkpoints(*st.split(p))
     if ckpts:  # Ray Train names them by time: the last in name order is the newest
-        return ckpts[-1] / STATE_FILE
-    what = "does not exist" if not p.exists() else "holds no state.pt and no checkpoint_*/state.pt"
+        return st.join(sorted(ckpts)[-1], STATE_FILE)
+    what = "does not exist" if found is None else "holds no state.pt and no checkpoint_*/state.pt"
     raise CheckpointError(f"{path} {what}; expected a run directory, a checkpoint directory or a state.pt")
 
 
-def read_state(path: str | Path) -> tuple[dict, Path]:
-    """(state, its file) of a beray checkpoint, loaded with ``weights_only=True`` (no code runs)."""
+def read_state(path: str | Path) -> tuple[dict, str]:
+    """(state, its file) of a beray checkpoint, local or at a URI, loaded with ``weights_only=True`` (no code runs)."""
     f = find_state(path)
     try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(st.read_bytes(f)), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for foreign files
         text = str(e).strip()
         why = ("it holds objects that only running code from the file could load" if "Weights only load" in text

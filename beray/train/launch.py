@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 from pydantic import ValidationError
@@ -134,7 +135,9 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
     metrics["skipped_total"] = len(skipped)
     metrics["decode_cpu_s"], metrics["decode_clips"] = decode_s, decode_clips  # this attempt's, all members
     metrics["history"] = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
-    return RunInfo(name, run_dir(cfg, name), result.checkpoint.path if result.checkpoint else None, metrics)
+    where = run_dir(cfg, name)  # Ray's checkpoint path has no scheme (s3://): its name in the run's folder has
+    return RunInfo(name, where, st.join(where, PurePosixPath(result.checkpoint.path).name) if result.checkpoint
+                   else None, metrics)
 
 
 def _echo(state, stop: threading.Event, every_s: float = 0.5) -> None:
