@@ -62,8 +62,8 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(t
         # A trial's worker holds 1.25 CPUs: two cannot share a 2-CPU node, so the trials train on both nodes,
         # and each node keeps room for a 0.5-CPU decode task. The sweep sizes its concurrency itself (2).
         # After the loss the lost trial waits for the head's trial to end, then resumes there.
-        f = tiny_sweep(tmp_path, tiny_synth, "nodes", {"be.gamma": {"grid": [0.0, 0.3]}}, retries=2,
-                       resources={"workers": 1, "cpus_per_worker": 1.25})
+        f = tiny_sweep(tmp_path, tiny_synth, "nodes", {"be.gamma": {"grid": [0.0, 0.3]}}, retries=2, pack=False,
+                       resources={"workers": 1, "cpus_per_worker": 1.25})  # two jobs, one per point
         tree = yaml.safe_load(f.read_text())
         tree["base"]["set"].update({"optim.epochs": EPOCHS, "run.max_failures": 2})
         f.write_text(yaml.safe_dump(tree))

@@ -69,7 +69,8 @@ def test_storage_uri_holds_the_run_and_videos_too_short_for_a_hard_negative_are_
     run = tmp_path / "remote" / "uri"
     assert info.dir == f"{uri}/uri"
     assert (run / "config.yaml").exists()
-    assert Path(info.checkpoint).parent == run and (Path(info.checkpoint) / "state.pt").exists()
+    assert info.checkpoint.startswith(f"{uri}/uri/checkpoint_")  # with its scheme, as the run's storage
+    assert (run / info.checkpoint.rsplit("/", 1)[1] / "state.pt").exists()
     assert len(read_events(run / "tensorboard")["epoch/loss"]) == 1
 
 
