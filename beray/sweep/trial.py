@@ -61,8 +61,6 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from operator import sub
-
     from beray import storage as st
     from beray.eval.extract import decode_spent
     from beray.sweep.spec import _sets
@@ -80,8 +78,9 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     before = decode_spent()
     scored = _scored(s, [st.join(info.checkpoint, m) if m else info.checkpoint for m in live])
     # what this attempt's job spent decoding, training and evaluating: the whole pack's (bench sweep --pack)
+    (after_s, after_clips), (before_s, before_clips) = decode_spent(), before
     spent = {"decode_cpu_s": info.metrics["decode_cpu_s"], "decode_clips": info.metrics["decode_clips"],
-             **dict(zip(("eval_decode_cpu_s", "eval_decode_clips"), map(sub, decode_spent(), before)))}
+             "eval_decode_cpu_s": after_s - before_s, "eval_decode_clips": after_clips - before_clips}
     if not packed:
         tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "finished": True})
         return
