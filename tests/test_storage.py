@@ -1,18 +1,21 @@
 """Run storage on a real S3 API: a moto server on localhost, which pyarrow's S3 file system (and so Ray
-Train and ``beray.storage``) reaches through ``AWS_ENDPOINT_URL``, as it would any S3-compatible store.
-``beray.train`` writes its run there, ``beray.eval knn`` reads the checkpoint from there and writes its
-results and feature cache there, and nothing lands under the local results folder."""
+Train, Ray Tune and ``beray.storage``) reaches through ``AWS_ENDPOINT_URL``, as it would any S3-compatible
+store. ``beray.train`` writes its run there, ``beray.eval knn`` reads the checkpoint from there and writes
+its results and feature cache there; a sweep keeps its state, records, runs and report there and resumes
+from them; nothing lands under the local results folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from conftest import _free_port, tiny_overrides
+from conftest import _free_port, foreign_lines, tiny_overrides, tiny_sweep, wait_for
 
 BUCKET = "beray"
 
@@ -53,11 +56,28 @@ def _beray(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=400)
 
 
+def _env(s3: dict[str, str], results) -> dict[str, str]:
+    """This process's environment, pointed at the S3 server and a local results folder, without the suite's
+    Ray: each command starts its own, which inherits the S3 environment."""
+    env = {**os.environ, **s3, "BERAY_RESULTS": str(results)}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _local_files(results) -> list:
+    return [p for p in results.rglob("*") if p.is_file()] if results.exists() else []
+
+
+def _records(env: dict[str, str], prefix: str) -> list[dict]:
+    s3 = _client(env)
+    return [json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()) for k in _keys(env, prefix)
+            if k.endswith(".json")]
+
+
 @pytest.mark.timeout(900)
 def test_a_run_and_its_evaluation_live_on_s3(s3, tiny_synth, tmp_path):
     results = tmp_path / "results"
-    env = {**os.environ, **s3, "BERAY_RESULTS": str(results)}
-    env.pop("RAY_ADDRESS", None)
+    env = _env(s3, results)
     run = f"s3://{BUCKET}/runs/tiny"
     sets = [a for o in tiny_overrides(tiny_synth, f"s3://{BUCKET}/runs", "tiny", epochs=1) + ["run.workers=1"]
             for a in ("--set", o)]
@@ -81,5 +101,54 @@ def test_a_run_and_its_evaluation_live_on_s3(s3, tiny_synth, tmp_path):
     again = _beray(env, "beray.eval", "linear", "--checkpoint", run)  # the cache on S3 serves a second mode
     assert again.returncode == 0, again.stderr[-3000:]
     assert _keys(s3, "runs/tiny/eval/cache/") == cache and "runs/tiny/eval/linear-synth-split1.md" in _keys(s3, "runs/")
-    local = [p for p in results.rglob("*") if p.is_file()] if results.exists() else []
-    assert local == []  # everything went to the bucket
+    assert _local_files(results) == []  # everything went to the bucket
+
+
+@pytest.mark.timeout(900)
+def test_a_sweep_on_s3_resumes_from_its_state_there_after_its_driver_is_killed(s3, tiny_synth, tmp_path):
+    # Two points, one trial at a time; the driver is killed with SIGKILL once the first has finished and Tune
+    # has saved its state to the bucket since (every second here), then --resume continues from the bucket.
+    results = tmp_path / "results"
+    env = {**_env(s3, results), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    f = tiny_sweep(tmp_path, tiny_synth, "s3sweep", {"be.gamma": {"grid": [0.0, 0.3]}}, pack=False,
+                   resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+    tree = yaml.safe_load(f.read_text())
+    tree["storage"] = f"s3://{BUCKET}/sweeps"
+    f.write_text(yaml.safe_dump(tree))
+    prefix = "sweeps/s3sweep/"
+
+    def saves() -> list[str]:
+        return [o["LastModified"] for o in _client(s3).list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+                if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state-")]
+
+    proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        finished = wait_for(lambda: any(r["status"] == "finished" for r in _records(s3, prefix + "trials/")), 400, 1.0)
+        saved = max(saves(), default=None)
+        wait_for(lambda: max(saves(), default=None) != saved, 20, 0.5)  # a save of Tune's state after the finish
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = [r for r in _records(s3, prefix + "trials/") if r["status"] == "finished"]
+    assert finished and len(first) == 1, proc.stdout.read()[-3000:]
+    done = first[0]["trial_id"]
+    assert first[0]["run_dir"] == f"s3://{BUCKET}/{prefix}runs/{done}"
+    checkpoints = [k for k in _keys(s3, f"{prefix}runs/{done}/") if "/checkpoint_" in k]
+
+    res = _beray(env, "beray.sweep", str(f), "--resume")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr
+    assert f"started   {done}" not in res.stdout and "started   " in res.stdout  # only the other point ran
+    records = _records(s3, prefix + "trials/")
+    assert sorted(r["point"]["be.gamma"] for r in records) == [0.0, 0.3]
+    assert all(r["status"] == "finished" and 0 <= r["objective"] <= 1 for r in records), records
+    assert [k for k in _keys(s3, f"{prefix}runs/{done}/") if "/checkpoint_" in k] == checkpoints  # not trained again
+    keys = _keys(s3, prefix)
+    assert {prefix + n for n in ("sweep.yaml", "tuner.pkl", "results.md", "results.csv", "results.png")} <= set(keys)
+    report = _client(s3).get_object(Bucket=BUCKET, Key=prefix + "results.md")["Body"].read().decode()
+    assert "2 finished" in report and f"tensorboard --logdir s3://{BUCKET}/{prefix}runs" in report
+    assert _local_files(results) == []  # Tune's own staging lives in Ray's session folder, not here
+
+    again = _beray(env, "beray.sweep", "report", f"s3://{BUCKET}/sweeps/s3sweep")
+    assert again.returncode == 0 and "2 finished" in again.stdout, again.stderr[-2000:]

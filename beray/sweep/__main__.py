@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv[1:])
         from beray.sweep.report import write_report
 
-        if not os.path.isfile(os.path.join(os.path.expanduser(args.results), "sweep.yaml")):
+        from beray import storage as st
+
+        if st.kind(st.join(st.resolve(args.results), "sweep.yaml")) != "file":
             say(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", error=True)
             return 2
         say(write_report(args.results))

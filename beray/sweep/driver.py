@@ -10,18 +10,19 @@ placed waits for one to finish instead of starving another's data pipeline.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import yaml
 
+from beray import storage as st
 from beray.config import ConfigError
 from beray.sweep.spec import Sweep
 
 DRIVER_CPU = 0.01  # a trial's own process: it waits on its Train run
 
 
-def results_dir(sweep: Sweep) -> Path:
-    return Path(sweep.storage).expanduser() / sweep.name
+def results_dir(sweep: Sweep) -> str:
+    """``STORAGE/NAME``: a local folder, or a URI (``s3://...``) that every node of a cluster reaches."""
+    return st.join(st.resolve(sweep.storage), sweep.name)
 
 
 def trial_resources(sweep: Sweep) -> tuple[float, float, float]:
@@ -77,7 +78,7 @@ def param_space(sweep: Sweep) -> dict:
     return space
 
 
-def searcher(sweep: Sweep, results: Path):
+def searcher(sweep: Sweep, study: str | None):
     if sweep.search.algorithm != "optuna":
         return None
     import optuna
@@ -85,8 +86,7 @@ def searcher(sweep: Sweep, results: Path):
 
     from beray.sweep.optuna_search import FinalObjectiveOptuna
 
-    results.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")  # optuna-dashboard opens it
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study}")  # a local file (optuna_search's docstring says why)
     search = FinalObjectiveOptuna(metric="objective", mode=sweep.objective.mode, study_name=sweep.name, storage=storage,
                           seed=sweep.search.seed)
     seeds = len(sweep.seed_list)
@@ -117,36 +117,40 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
 
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     from beray.runtime import init_ray
+    from beray.sweep.optuna_search import StudyCopy, local_study
     from beray.sweep.progress import SweepProgress
     from beray.sweep.report import write_report
     from beray.sweep.trial import run_trial
 
     results = results_dir(sweep)
-    state = results / "tuner.pkl"
-    if resume and not state.exists():
+    state = st.kind(st.join(results, "tuner.pkl")) == "file"
+    if resume and not state:
         raise ConfigError(f"--resume: {results} holds no sweep to continue (no tuner.pkl); run it without --resume")
-    if not resume and state.exists():
+    if not resume and state:
         raise ConfigError(f"{results} already holds sweep {sweep.name!r}: continue it with --resume, or give the "
                           "sweep another name (--set name=...)")
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "sweep.yaml").write_text(yaml.safe_dump(sweep.dump(), sort_keys=False))
+    st.write_text(st.join(results, "sweep.yaml"), yaml.safe_dump(sweep.dump(), sort_keys=False))
     init_ray(log_to_driver=False)  # the trial lines below say what happens; workers' logs stay in Ray's log files
     import ray
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep.dump(), runs=str(results / "runs")),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep.dump(), runs=st.join(results, "runs")),
                                     {"CPU": DRIVER_CPU})
+    callbacks, study = [SweepProgress(sweep, results)], None
+    if sweep.search.algorithm == "optuna":
+        study = local_study(results, resume)
+        callbacks.append(StudyCopy(study, results))
     if resume:
-        tuner = tune.Tuner.restore(str(results), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(results, trainable, resume_unfinished=True, resume_errored=False)
     else:
         seeds = len(sweep.seed_list)
         num = sweep.search.samples * seeds if sweep.search.algorithm == "optuna" else 1
         tuner = tune.Tuner(
             trainable, param_space=param_space(sweep),
-            tune_config=tune.TuneConfig(search_alg=searcher(sweep, results), scheduler=scheduler(sweep),
+            tune_config=tune.TuneConfig(search_alg=searcher(sweep, study), scheduler=scheduler(sweep),
                                         num_samples=num, max_concurrent_trials=max_concurrent(sweep, alive_nodes()),
                                         reuse_actors=False),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=str(results.parent), verbose=0,
+            run_config=tune.RunConfig(name=sweep.name, storage_path=st.split(results)[0], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),
-                                      callbacks=[SweepProgress(sweep, results)]))
+                                      callbacks=callbacks))
     tuner.fit()
     return write_report(results, sweep)

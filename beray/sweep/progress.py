@@ -5,13 +5,12 @@ count of trials in each state as the Ray metric ``beray_sweep_trials`` (the Graf
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
+from beray import storage as st
 from beray.console import say
 from beray.sweep.report import read_records
 from beray.sweep.spec import Sweep
@@ -33,10 +32,9 @@ class SweepProgress(Callback):
     lines with a done / running / pending count, and writes each point's record. A trial that trains a
     pack has one line and one record per member, keyed ``TRIAL/MEMBER`` (its run folder under ``runs/``)."""
 
-    def __init__(self, sweep: Sweep, results: Path):
+    def __init__(self, sweep: Sweep, results: str):
         self.sweep = sweep  # no open streams held: Tune pickles its callbacks with the experiment state
-        self.records = Path(results) / "trials"
-        self.records.mkdir(parents=True, exist_ok=True)
+        self.records = st.join(results, "trials")
         self.metric = sweep.scheduler.metric
         # point key -> finished | stopped | failed: as this callback saw it end, or as a resumed sweep's records say
         self.ended: dict[str, str] = {r["trial_id"]: r["status"] for r in read_records(results)
@@ -90,10 +88,7 @@ class SweepProgress(Callback):
 
     def _write(self, key: str, point: dict, seed: int, status: str, **extra) -> None:
         record = {"trial_id": key, "point": point, "seed": seed, "status": status, **extra}
-        name = key.replace("/", "+")
-        tmp = self.records / f".{name}.json"
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(self.records / f"{name}.json")
+        st.write_text(st.join(self.records, key.replace("/", "+") + ".json"), json.dumps(record, indent=2, default=str) + "\n")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         for key, _, point, seed in self._points(trial):
@@ -162,11 +157,11 @@ class SweepProgress(Callback):
 
 
 def _error(trial) -> str:
-    """The trial's error as Tune stored it (its last lines name the exception)."""
-    for attr in ("error_file", "path"):
-        path = getattr(trial, attr, None)
-        if attr == "path" and path:
-            path = str(Path(path) / "error.txt")
-        if path and Path(path).is_file():
-            return Path(path).read_text().strip()[-2000:]
-    return str(getattr(trial, "error_msg", "") or "")
+    """The trial's error as Tune stored it (its last lines name the exception): the driver's staging copy,
+    else the one in the sweep's storage (``Trial.get_error`` reads it through its file system)."""
+    local = getattr(trial, "error_file", None)
+    try:
+        text = st.read_text(local) if local else trial.get_error()
+    except (FileNotFoundError, OSError):
+        text = trial.get_error()
+    return str(text or getattr(trial, "error_msg", "") or "").strip()[-2000:]

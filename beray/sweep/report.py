@@ -8,14 +8,15 @@ them; ``results.csv``, ``results.md`` and ``results.png`` (a panel per metric)."
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
+from beray import storage as st
 from beray.eval.report import markdown_table
 from beray.sweep.spec import Sweep
 
@@ -163,10 +164,11 @@ def floor_lines(rows: list[PointResult], sweep: Sweep, floors: dict[str, float])
     return lines
 
 
-def read_records(results: Path) -> list[dict]:
-    """The trial records, not the ``.ID.json`` being written (pathlib's glob matches dot files)."""
-    return [json.loads(f.read_text()) for f in sorted((Path(results) / "trials").glob("*.json"))
-            if not f.name.startswith(".")]
+def read_records(results: str) -> list[dict]:
+    """The trial records in ``RESULTS/trials`` (local folder or URI), not a file being written."""
+    folder = st.join(str(results), "trials")
+    return [json.loads(st.read_text(st.join(folder, f))) for f in st.listdir(folder)
+            if f.endswith(".json") and not f.startswith(".")]
 
 
 def _fmt(v) -> str:
@@ -284,18 +286,20 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
     return lines
 
 
-def write_report(results: Path, sweep: Sweep | None = None) -> str:
-    """Aggregate the records under ``results``, write results.csv / .md / .png; returns the markdown."""
-    results = Path(results).expanduser()
+def write_report(results: str, sweep: Sweep | None = None) -> str:
+    """Aggregate the records under ``results`` (a folder or URI), write results.csv / .md / .png; returns
+    the markdown."""
+    results = st.resolve(str(results))
     if sweep is None:
-        sweep = Sweep.model_validate(yaml.safe_load((results / "sweep.yaml").read_text()))
+        sweep = Sweep.model_validate(yaml.safe_load(st.read_text(st.join(results, "sweep.yaml"))))
     records = read_records(results)
     rows, floors = aggregate(records, sweep), floors_of(records)
     headers, cells = csv_table(rows, sweep)
-    with open(results / "results.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(headers)
-        w.writerows(cells)
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(headers)
+    w.writerows(cells)
+    st.write_text(st.join(results, "results.csv"), out.getvalue())
     headers, cells = table(rows, sweep)
     lines = [f"# Sweep {sweep.name}", "",
              f"objective: {sweep.eval.mode} {sweep.objective.metric} ({sweep.objective.mode}), "
@@ -305,12 +309,14 @@ def write_report(results: Path, sweep: Sweep | None = None) -> str:
              *(line for x in [*floor_lines(rows, sweep, floors), *reading(rows, sweep)] for line in (x, ""))]
     if sweep.reference is not None:
         lines += [f"reference column: published numbers ({sweep.reference.title}), not measured here", ""]
-    png = plot(rows, sweep, results / "results.png", floors)
-    lines += [f"![objective per parameter]({png.name})"]
-    if (results / "runs").is_dir():  # a copy of the records alone (docs/results/) has no runs
-        lines += ["", f"TensorBoard of every trial: tensorboard --logdir {results / 'runs'}"]
+    with st.writing(st.join(results, "results.png")) as png:
+        plot(rows, sweep, png, floors)
+    lines += ["![objective per parameter](results.png)"]
+    runs = st.join(results, "runs")
+    if st.kind(runs) == "dir":  # a copy of the records alone (docs/results/) has no runs
+        lines += ["", f"TensorBoard of every trial: tensorboard --logdir {runs}"]
     text = "\n".join(lines) + "\n"
-    (results / "results.md").write_text(text)
+    st.write_text(st.join(results, "results.md"), text)
     return text
 
 
@@ -330,7 +336,7 @@ def _order(rows: list[PointResult], sweep: Sweep) -> list[PointResult]:
     return sorted((p for p in rows if p.n), key=lambda p: _rank(p, sweep))
 
 
-def plot(rows: list[PointResult], sweep: Sweep, path: Path, floors: dict[str, float] | None = None) -> Path:
+def plot(rows: list[PointResult], sweep: Sweep, path: str, floors: dict[str, float] | None = None) -> str:
     """One small panel per metric: each point's seeds as dots, its mean as a bar across them, and the
     baseline's mean as a dashed line (Tufte's small multiples: one scale per metric); with ``floors``,
     what chance and a background reader score, dotted."""
