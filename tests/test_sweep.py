@@ -408,3 +408,21 @@ def test_optuna_search_keeps_its_study_in_sqlite(ray_cluster, tiny_synth, tmp_pa
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     records = {round(r["point"]["be.gamma"], 6): r["objective"] for r in _records(results)}
     assert {round(t.params["be.gamma"], 6): t.value for t in study.trials} == pytest.approx(records)
+
+
+def test_an_optuna_study_lives_on_the_drivers_disk_and_a_resume_reads_its_copy_back(tmp_path):
+    import optuna
+
+    from beray.sweep.optuna_search import StudyCopy, local_study
+
+    results = str(tmp_path / "sweeps" / "tpe")
+    local = local_study(results, resume=False)
+    assert not local.startswith(str(tmp_path))  # on the driver's disk, not the (shared) results folder
+    study = optuna.create_study(study_name="tpe", storage=f"sqlite:///{local}")
+    study.add_trial(optuna.trial.create_trial(params={"g": 0.1}, distributions={"g": optuna.distributions.FloatDistribution(0, 1)}, value=0.5))
+    StudyCopy(local, results).copy()
+    os.remove(local)  # a new head node, a cleaned /tmp
+    assert local_study(results, resume=True) == local
+    assert [t.value for t in optuna.load_study(study_name="tpe", storage=f"sqlite:///{local}").trials] == [0.5]
+    local_study(results, resume=False)  # a fresh sweep of that name starts without the old study
+    assert not os.path.exists(local)
