@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +109,31 @@ def test_ensure_synth_generates_once(tmp_path, monkeypatch):
     assert ensure_synth(SMALL, progress=False) == root
     assert (root / "synth.json").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_concurrent_drivers_write_one_copy_whose_records_follow_its_root_wherever_it_is_mounted(tmp_path):
+    # Two drivers of a cluster (sweeps started side by side) generate the same copy into one shared cache at
+    # once: each writes its own temporary folder, one rename wins, both get the same root, nothing is left.
+    import shutil
+    import subprocess
+    import sys
+
+    code = ("import sys; from beray.data.synth import SynthConfig, ensure_synth; "
+            "print(ensure_synth(SynthConfig(size=32, frames=16, train_per_class=4, test_per_class=2, "
+            "unbiased_per_class=3, seed=3), progress=False))")
+    env = {**__import__("os").environ, "BERAY_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    roots = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert len(roots) == 1 and [p.returncode for p in procs] == [0, 0]
+    root = Path(roots.pop())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [root.name]  # one copy, no temporary folder
+    assert _digest(root) == _digest(generate(tmp_path / "solo", SMALL, workers=1, progress=False))
+    # its manifests name videos relative to the root: mounted elsewhere (another node's path), it still reads
+    moved = shutil.move(str(root), tmp_path / "elsewhere")
+    idx = index_dataset("synth", moved)
+    assert all(str(r.path).startswith(str(moved)) for v in idx.subsets.values() for r in v)
+    assert read_clip(idx.subsets["test_swapped"][0].path, 8, 2).shape[0] == 8
 
 
 def _background_pixels(spec, config):
