@@ -98,3 +98,36 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(t
         if "proc" in locals() and proc.poll() is None:
             proc.kill()
         cluster.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_a_node_that_cannot_see_the_data_stops_the_run_in_one_line_naming_it(tiny_synth, tmp_path):
+    # The second node joins from a mount namespace (unshare -m) with an empty tmpfs over the data root: it sees
+    # the folder, empty, as a node would whose shared file system is not mounted.
+    from ray.cluster_utils import Cluster
+
+    from conftest import foreign_lines, tiny_overrides, wait_for
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})
+    head = set(cluster.global_state._live_node_ids())
+    blind = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {tiny_synth} && exec ray start "
+                              f"--address={cluster.address} --num-cpus=1 --block --disable-usage-stats"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(cluster.global_state._live_node_ids()) == 2, 60), blind.stdout.read()[-3000:]
+        blind_id = (set(cluster.global_state._live_node_ids()) - head).pop()
+        sets = [a for o in tiny_overrides(tiny_synth, tmp_path / "runs", "blind", epochs=1) + ["run.workers=1"]
+                for a in ("--set", o)]
+        env = {**os.environ, "RAY_ADDRESS": cluster.address}
+        res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny", *sets], env=env,
+                             capture_output=True, text=True, timeout=200)
+        assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"(id {blind_id[:12]}) cannot see the training data" in errors[0], res.stderr
+        assert str(tiny_synth) in errors[0] and "storage every node mounts" in errors[0] and "data.root" in errors[0]
+        assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr
+        assert not list((tmp_path / "runs").glob("blind/checkpoint_*"))  # stopped before any training
+    finally:
+        os.killpg(blind.pid, 9)
+        blind.wait()
+        cluster.shutdown()

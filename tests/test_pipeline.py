@@ -36,3 +36,25 @@ def test_batches_mix_anew_every_epoch_and_replay_for_the_same_seed(ray_cluster, 
         for k in a:
             assert np.array_equal(a[k], b[k]), k
     assert not np.array_equal(e0[0]["x_v"], e1[0]["x_v"])
+
+
+def test_a_decode_task_where_the_data_root_is_empty_stops_the_run_but_a_missing_video_is_skipped(
+        ray_cluster, tiny_synth, tmp_path):
+    import pytest
+
+    from beray.data.pipeline import make_clips, record_table, training_records, view_spec
+    from beray.data.reach import DataNotVisible, data_root
+
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path, "reach") + ["run.workers=1"], preset="cpu-tiny")
+    rows = training_records(cfg)
+    spec, skipped = view_spec(cfg, method_views(cfg)), []
+    gone = [{**r, "path": r["path"] + ".gone"} for r in rows[:2]] + rows[2:4]  # two lost videos, two good
+    out = make_clips(record_table(gone), np.arange(4), spec, 0, 0, lambda p, why: skipped.append((p, why)),
+                     data_root([r["path"] for r in rows]))
+    assert out["index"].tolist() == [2, 3] and [why for _, why in skipped] == ["file not found"] * 2
+    empty = tmp_path / "mnt"  # the root as a node without the shared file system sees it: an empty folder
+    empty.mkdir()
+    moved = [{**r, "path": str(empty / r["path"][len(str(tiny_synth)) + 1:])} for r in rows[:4]]
+    with pytest.raises(DataNotVisible, match=rf"node \S+ \(id \w+\) cannot see the training data: {empty} "):
+        make_clips(record_table(moved), np.arange(4), spec, 0, 0, lambda p, why: skipped.append((p, why)), str(empty))
+    assert len(skipped) == 2  # nothing skipped: the run stops at its first batch

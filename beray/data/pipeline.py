@@ -37,6 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from beray.batch import Views
 from beray.config import Config
 from beray.data.datasets import DatasetError, index_dataset
+from beray.data.reach import DataNotVisible, blind_here, data_root
 from beray.data.video import VideoReadError
 from beray.data.views import ViewMaker, ViewSpec, record_row, video_rng
 
@@ -114,10 +115,11 @@ def record_table(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def make_clips(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec, seed: int, epoch: int,
-               on_skip: Callable[[str, str], None]) -> dict[str, np.ndarray]:
+               on_skip: Callable[[str, str], None], root: str | None = None) -> dict[str, np.ndarray]:
     """The views of records ``indices`` in ``epoch``, stacked, with each record's ``index``.
 
-    A video that cannot be read is left out and passed to ``on_skip(path, reason)``.
+    A video that cannot be read is left out and passed to ``on_skip(path, reason)``; a missing one where
+    this node cannot see the data ``root`` at all raises DataNotVisible (the run stops, naming the node).
     """
     maker = ViewMaker(spec)
     views = []
@@ -126,6 +128,8 @@ def make_clips(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
         try:
             views.append({**maker(record, video_rng(seed, epoch, i)), "index": i})
         except VideoReadError as e:
+            if root is not None and e.reason == "file not found" and (blind := blind_here(root)):
+                raise DataNotVisible(blind) from None
             on_skip(e.path, e.reason)
     if not views:
         return {}
@@ -133,7 +137,7 @@ def make_clips(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
 
 
 def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, run_name: str, seed: int,
-                 clips_per_task: int) -> dict[str, np.ndarray]:
+                 clips_per_task: int, root: str | None = None) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` on one task number t: the clips of task t of the current epoch, decoded.
 
     ``records`` is ``record_table``'s columns (or an ObjectRef of them), ``state`` the run's
@@ -148,7 +152,8 @@ def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, r
     epoch = ray.get(state.get_epoch.remote()) if state is not None else 0
     t, c = int(batch["id"][0]), clips_per_task
     order = epoch_order(len(table["label"]), seed, epoch)
-    out = make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state))
+    out = make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state),
+                     root)
     if state is not None:
         state.add_decode.remote(time.thread_time() - cpu, len(out.get("index", ())))
     return out
@@ -196,4 +201,4 @@ def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[di
                           concurrency=cfg.data.decode_concurrency,
                           fn_kwargs={"records": ray.put(record_table(rows)), "spec": view_spec(cfg, views),
                                      "state": state, "run_name": run_name, "seed": cfg.run.seed,
-                                     "clips_per_task": c})
+                                     "clips_per_task": c, "root": data_root([r["path"] for r in rows])})

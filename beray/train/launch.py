@@ -55,6 +55,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     from ray.train.torch import TorchTrainer
 
     from beray.data.pipeline import build_dataset, run_data, training_records
+    from beray.data.reach import check_nodes
     from beray.methods.build import method_views
     from beray.train.loop import train_loop_per_worker
     from beray.train.pack import make_pack
@@ -89,6 +90,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     except (OSError, pa.ArrowException) as e:
         raise ConfigError(f"run.storage: cannot write the run's files to {directory}: {e}") from None
     init_ray()
+    check_nodes([r["path"] for r in rows])  # a node without the data is named now, not after its skipped videos
     if waiting := waiting_for_gpus(cfg.run.gpus_per_worker, cfg.run.workers):
         say(waiting)  # once: Ray Train itself waits without a word
     state = run_data(name)  # the run's epoch and skipped videos; the handles below keep it alive
@@ -116,6 +118,10 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
         members: list[list[str]] = (), names: list[str] | None = None) -> RunInfo:
     """Pretrain ``cfg`` (or the pack of its ``members``, named ``names``) with ``cfg.run.workers`` Ray Train
     workers; resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
+    from ray.train import TrainingFailedError
+
+    from beray.data.reach import found_in
+
     name = name or run_name(cfg, members)
     trainer = make_trainer(cfg, name, callbacks, echo, members, names)
     state = trainer.train_loop_config["run_data"]
@@ -125,6 +131,8 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
         printer.start()
     try:
         result = trainer.fit()
+    except TrainingFailedError as e:
+        raise found_in(e) or e  # a node without the data: one line, not the workers' tracebacks
     finally:
         stop.set()
         if printer:
