@@ -101,6 +101,18 @@ def test_a_run_and_its_evaluation_live_on_s3(s3, tiny_synth, tmp_path):
     again = _beray(env, "beray.eval", "linear", "--checkpoint", run)  # the cache on S3 serves a second mode
     assert again.returncode == 0, again.stderr[-3000:]
     assert _keys(s3, "runs/tiny/eval/cache/") == cache and "runs/tiny/eval/linear-synth-split1.md" in _keys(s3, "runs/")
+    # fine-tuning: its Train workers read model.pretrained, the run's checkpoint, from the bucket
+    tune = _beray(env, "beray.eval", "finetune", "--checkpoint", run, "--clips", "1", "--set", "optim.epochs=1",
+                  "--set", "optim.batch_size=2")
+    assert tune.returncode == 0, tune.stdout[-2000:] + tune.stderr[-3000:]
+    tuned = json.loads(_client(s3).get_object(Bucket=BUCKET, Key="runs/tiny/eval/finetune-synth-split1.json")["Body"].read())
+    assert tuned["finetuned"].startswith(f"{run}/eval/") and 0 <= tuned["results"]["test_swapped"]["top1"] <= 1
+    state = _client(s3).get_object(Bucket=BUCKET, Key=tuned["finetuned"][len(f"s3://{BUCKET}/"):])["Body"].read()
+    import io
+
+    import torch
+
+    assert torch.load(io.BytesIO(state), weights_only=True)["config"]["model"]["pretrained"] == report["checkpoint"]
     assert _local_files(results) == []  # everything went to the bucket
 
 
