@@ -103,10 +103,11 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
     assert _fields_as_declared(res, "knn", "synth", tiny_synth)
     cache = sorted((pretrained / "eval" / "cache").glob("*.pt"))
     assert len(cache) == 3  # train, test_biased, test_swapped
-    code, out, err = _run(capsys, "linear", "--checkpoint", pretrained)
+    code, out, err = _run(capsys, "linear", "--checkpoint", pretrained, "--json")
     assert code == 0, err
     assert sorted((pretrained / "eval" / "cache").glob("*.pt")) == cache  # no decoding again
     lin = _json(pretrained, "linear-synth-split1")
+    assert json.loads(out) == lin  # --json prints the report as written
     assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in lin["results"].values())
     assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
 

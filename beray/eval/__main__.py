@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from beray import console
+from beray import console, storage
 from beray.console import say
 
 def parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for stem, report, eval_dir in reports:
             js, md = report.write(eval_dir, stem)
             if args.json:
-                say(js.read_text())
+                say(storage.read_text(js))
             else:
                 say("\n" + report.markdown())
                 say(f"written: {js}\n         {md}" + "".join(f"\n         {f}" for f in report.files))
