@@ -30,8 +30,9 @@ def _dry_run(sweep) -> None:
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
     say(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
           + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"
-          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus {decode:g} per decode task; at most "
-          + (str(r.max_concurrent) if r.max_concurrent else "as many as the cluster holds") + " at once")
+          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus {decode:g} per decode task")
+    _dry_bound(sweep, (len(sweep.packs(trials)) if sweep.packed else len(trials)) if trials
+               else sweep.search.samples * len(sweep.seed_list))
     if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
         say(f"note: data.root {cfg.data.root} is not on this machine; it must be where the sweep runs")
     if trials:
@@ -44,6 +45,25 @@ def _dry_run(sweep) -> None:
               "every listed value and both ends of every range make a valid run; Optuna chooses each point "
               "after the last results, so its trials are not packed")
     say(f"\nresults: {results_dir(sweep)} (no Ray started)")
+
+
+def _dry_bound(sweep, jobs: int) -> None:
+    """How many jobs would run at once and why: on the cluster of ``RAY_ADDRESS`` (joined, nothing started),
+    else on the local Ray a sweep would start here."""
+    from beray.sweep.driver import concurrency, max_concurrent
+
+    if sweep.resources.max_concurrent or os.environ.get("RAY_ADDRESS"):
+        if not sweep.resources.max_concurrent:
+            from beray.runtime import init_ray
+
+            init_ray(log_to_driver=False)
+        bound, why = concurrency(sweep, jobs)
+        say(f"at most {bound} job(s) at once: {why}")
+        return
+    here = max_concurrent(sweep, [{"CPU": os.cpu_count() or 1}])
+    say(f"at most {here} job(s) at once on the Ray a sweep starts on this machine ({os.cpu_count()} CPUs); on a "
+        "cluster (RAY_ADDRESS), what it holds at its largest where an autoscaler runs (its node types' "
+        "max_workers), else what its nodes alive at the start hold; resources.max_concurrent sets it")
 
 
 def _dry_packs(sweep, trials) -> None:
@@ -123,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             say(run_sweep(sweep, resume=args.resume))
         except ConfigError as e:
             say(f"error: {e}", error=True)
+            return 2
+        except ConnectionError as e:  # RAY_ADDRESS names no cluster this process can join
+            say(f"error: cannot join the Ray cluster of RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}: "
+                f"{str(e).splitlines()[0]} (with token authentication, also RAY_AUTH_MODE=token)", error=True)
             return 2
         except KeyboardInterrupt:
             say(f"\ninterrupted; continue with: python -m beray.sweep {args.sweep} --resume", error=True)

@@ -10,6 +10,8 @@ placed waits for one to finish instead of starving another's data pipeline.
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import yaml
 
@@ -59,6 +61,60 @@ def alive_nodes() -> list[dict]:
     import ray
 
     return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def _monitor_config() -> str | None:
+    """The file the autoscaler (v1, as ``ray up`` starts it) reads its node types from: the ``--autoscaling-config``
+    of the monitor process on this node (a sweep's driver runs on the head, where the monitor runs)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any(c.endswith("autoscaler/_private/monitor.py") for c in cmd):
+            for c in cmd:
+                if c.startswith("--autoscaling-config="):
+                    return os.path.expanduser(c.split("=", 1)[1])
+    return None
+
+
+def autoscaled_nodes() -> tuple[list[dict], str] | None:
+    """Each node's resources once the autoscaler has started every node its config allows (the head as it
+    is now), and where that came from; None on a cluster without an autoscaler. A node group without a
+    limit counts as many nodes as the sweep has trials."""
+    import ray
+    import ray._private.state
+
+    head = [n["Resources"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+    config = ray._private.state.state.get_cluster_config()  # autoscaler v2 (KubeRay, ...)
+    if config is not None and config.node_group_configs:
+        groups = [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+        source = "the autoscaler's node groups"
+    elif path := _monitor_config():
+        tree = yaml.safe_load(open(path))
+        types, budget = tree.get("available_node_types") or {}, tree.get("max_workers", -1)
+        groups = [(t.get("resources") or {}, t.get("max_workers", budget)) for name, t in types.items()
+                  if name != tree.get("head_node_type")]
+        source = f"the autoscaler's config ({path}: max_workers per node type, {budget} in all)"
+        groups = [(res, n if budget < 0 else min(n, budget)) for res, n in groups]
+    else:
+        return None
+    nodes = list(head)
+    for resources, count in groups:
+        nodes += [resources] * (count if count >= 0 else 64)
+    return nodes, source
+
+
+def concurrency(sweep: Sweep, trials: int) -> tuple[int, str]:
+    """How many trials run at once, and why: ``resources.max_concurrent``; else what the cluster holds at
+    the autoscaler's maximum (Tune queues the rest, and the autoscaler sees their demand and adds nodes);
+    else, on a fixed cluster, what its nodes hold now."""
+    if sweep.resources.max_concurrent:
+        return sweep.resources.max_concurrent, "resources.max_concurrent"
+    if (scaled := autoscaled_nodes()) is not None:
+        nodes, source = scaled
+        return min(trials, max_concurrent(sweep, nodes)), f"what the cluster holds at its largest, from {source}"
+    nodes = alive_nodes()
+    return max_concurrent(sweep, nodes), f"what the {len(nodes)} node(s) alive hold (no autoscaler)"
 
 
 def param_space(sweep: Sweep) -> dict:
@@ -120,7 +176,8 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     from beray.sweep.optuna_search import StudyCopy, local_study
     from beray.sweep.progress import SweepProgress
     from beray.sweep.report import write_report
-    from beray.sweep.trial import run_trial
+    from beray.console import say
+    from beray.sweep.trial import PACK_KEY, run_trial
 
     results = results_dir(sweep)
     state = st.kind(st.join(results, "tuner.pkl")) == "file"
@@ -144,11 +201,13 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     else:
         seeds = len(sweep.seed_list)
         num = sweep.search.samples * seeds if sweep.search.algorithm == "optuna" else 1
+        jobs = num if sweep.search.algorithm == "optuna" else len(param_space(sweep)[PACK_KEY]["grid_search"])
+        bound, why = concurrency(sweep, jobs)
+        say(f"[{time.strftime('%H:%M:%S')}] sweep {sweep.name}: {jobs} job(s), at most {bound} at once: {why}")
         tuner = tune.Tuner(
             trainable, param_space=param_space(sweep),
             tune_config=tune.TuneConfig(search_alg=searcher(sweep, study), scheduler=scheduler(sweep),
-                                        num_samples=num, max_concurrent_trials=max_concurrent(sweep, alive_nodes()),
-                                        reuse_actors=False),
+                                        num_samples=num, max_concurrent_trials=bound, reuse_actors=False),
             run_config=tune.RunConfig(name=sweep.name, storage_path=st.split(results)[0], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),
                                       callbacks=callbacks))

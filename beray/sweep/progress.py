@@ -40,6 +40,7 @@ class SweepProgress(Callback):
         self.ended: dict[str, str] = {r["trial_id"]: r["status"] for r in read_records(results)
                                       if r.get("status") in STATES[2:]}
         self.resumed: dict[str, int] = {}  # trial id -> the epoch its run last resumed from
+        self.started: dict[str, float] = {}  # point key -> when its trial last started (Unix time)
         # every point, with every seed: Tune makes trials only as max_concurrent_trials lets it
         points = sweep.search.samples if sweep.search.algorithm == "optuna" else len(sweep.points())
         self.total = points * len(sweep.seed_list)
@@ -93,8 +94,9 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         for key, _, point, seed in self._points(trial):
             if key not in self.ended:  # a restarted pack trains its members that ended no further
+                self.started[key] = time.time()
                 self._say(trials, f"started   {key} {describe(point, seed)}", starting=trial)
-                self._write(key, point, seed, "running")
+                self._write(key, point, seed, "running", started=self.started[key])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("finished"):
@@ -139,7 +141,9 @@ class SweepProgress(Callback):
 
     def _end(self, trial, key: str, point: dict, seed: int, status: str, **extra) -> None:
         self.ended[key] = status
-        self._write(key, point, seed, status, resumed_from_epoch=self.resumed.get(trial.trial_id), **extra)
+        self._write(key, point, seed, status, resumed_from_epoch=self.resumed.get(trial.trial_id),
+                    started=self.started.get(key), ended=time.time(), node=(trial.last_result or {}).get("node"),
+                    **extra)
 
     def _fail(self, trials, trial, key: str, point: dict, seed: int, error: str) -> None:
         self._end(trial, key, point, seed, "failed", error=error)

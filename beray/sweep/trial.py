@@ -81,12 +81,13 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     (after_s, after_clips), (before_s, before_clips) = decode_spent(), before
     spent = {"decode_cpu_s": info.metrics["decode_cpu_s"], "decode_clips": info.metrics["decode_clips"],
              "eval_decode_cpu_s": after_s - before_s, "eval_decode_clips": after_clips - before_clips}
+    node = info.metrics.get("node")  # where its rank 0 trained (the sweep's records keep it)
     if not packed:
-        tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "finished": True})
+        tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "node": node, "finished": True})
         return
     done = {m: {**numbers(info.metrics["members"][m]), **sc, "run_dir": st.join(info.dir, m)}
             for m, sc in zip(live, scored)}
-    tune.report({"members": done, "failed": failed, **spent, "finished": True})
+    tune.report({"members": done, "failed": failed, **spent, "node": node, "finished": True})
 
 
 def _scored(s: Sweep, checkpoints: list[str]) -> list[dict]:

@@ -210,7 +210,8 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         shared = {"epoch": epoch + 1, "steps": n_steps, "clips": world * per_worker * n_steps,
                   "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
-                  "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch}
+                  "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch,
+                  "node": ray.get_runtime_context().get_node_id()}  # where rank 0 trains (a sweep's records keep it)
         per_member = {}
         for m in live:
             lr = m.optimizer.param_groups[0]["lr"]
