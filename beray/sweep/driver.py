@@ -65,12 +65,14 @@ def alive_nodes() -> list[dict]:
 
 def _monitor_config() -> str | None:
     """The file the autoscaler (v1, as ``ray up`` starts it) reads its node types from: the ``--autoscaling-config``
-    of the monitor process on this node (a sweep's driver runs on the head, where the monitor runs)."""
+    of this cluster's monitor process (on the head, where a sweep's driver runs)."""
     import psutil
+    import ray
 
+    gcs = f"--gcs-address={ray.get_runtime_context().gcs_address}"
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if any(c.endswith("autoscaler/_private/monitor.py") for c in cmd):
+        if gcs in cmd and any(c.endswith("autoscaler/_private/monitor.py") for c in cmd):
             for c in cmd:
                 if c.startswith("--autoscaling-config="):
                     return os.path.expanduser(c.split("=", 1)[1])
