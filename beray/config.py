@@ -128,9 +128,8 @@ class RunConfig(_Section):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs; what is left feeds the Ray Data pipeline
-    # torch's intra-op threads per worker. None: the node's cores shared among the run's workers on it, as a
-    # plain PyTorch loop uses them (the model takes what decoding leaves idle). Sweeps set the CPUs each
-    # worker holds, so that concurrent trials do not oversubscribe a node.
+    # torch's intra-op threads per worker. None: the CPUs the worker holds (cpus_per_worker, at least 1): more
+    # threads would contend with the decode tasks for the cores Ray gave them, and with concurrent trials
     torch_threads: int | None = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
     seed: int = Field(0, ge=0)  # seeds the weights and every data draw, from (seed, epoch, video)

@@ -243,8 +243,7 @@ class Sweep(_Section):
     def run_config(self, point: dict[str, Any], seed: int, storage: str | None = None, name: str | None = None,
                    check_paths: bool = True) -> Config:
         """The run config of one trial: base <- point <- seed, resources and where it lives."""
-        threads = f"run.torch_threads={max(1, int(self.resources.cpus_per_worker))}"  # trials share nodes; base.set may differ
-        overrides = [threads, *_sets(self.base.set), *_sets(point), f"run.seed={seed}",
+        overrides = [*_sets(self.base.set), *_sets(point), f"run.seed={seed}",
                      f"run.workers={self.resources.workers}", f"run.cpus_per_worker={self.resources.cpus_per_worker}",
                      f"run.gpus_per_worker={self.resources.gpus_per_worker}"]
         if storage is not None:

@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         if rank == 0:
             tell(f"resuming from epoch {start_epoch + 1} ({checkpoint.path})")
 
-    torch.set_num_threads(cfg.run.torch_threads or max(1, len(os.sched_getaffinity(0)) // ctx.get_local_world_size()))
+    torch.set_num_threads(cfg.run.torch_threads or max(1, int(cfg.run.cpus_per_worker)))
     shard = ray.train.get_dataset_shard("train")
     o = cfg.optim
     per_worker = o.batch_size // world
