@@ -20,6 +20,7 @@ from beray.config import ConfigError
 from beray.sweep.spec import Sweep
 
 DRIVER_CPU = 0.01  # a trial's own process: it waits on its Train run
+UNLIMITED = 64  # nodes counted for an autoscaler's node group that has no max_workers
 
 
 def results_dir(sweep: Sweep) -> str:
@@ -82,7 +83,7 @@ def _monitor_config() -> str | None:
 def autoscaled_nodes() -> tuple[list[dict], str] | None:
     """Each node's resources once the autoscaler has started every node its config allows (the head as it
     is now), and where that came from; None on a cluster without an autoscaler. A node group without a
-    limit counts as many nodes as the sweep has trials."""
+    limit counts as ``UNLIMITED`` nodes (the sweep's own jobs bound it then)."""
     import ray
     import ray._private.state
 
@@ -92,7 +93,8 @@ def autoscaled_nodes() -> tuple[list[dict], str] | None:
         groups = [(dict(g.resources), g.max_count) for g in config.node_group_configs]
         source = "the autoscaler's node groups"
     elif path := _monitor_config():
-        tree = yaml.safe_load(open(path))
+        with open(path) as f:
+            tree = yaml.safe_load(f)
         types, budget = tree.get("available_node_types") or {}, tree.get("max_workers", -1)
         groups = [(t.get("resources") or {}, t.get("max_workers", budget)) for name, t in types.items()
                   if name != tree.get("head_node_type")]
@@ -102,7 +104,7 @@ def autoscaled_nodes() -> tuple[list[dict], str] | None:
         return None
     nodes = list(head)
     for resources, count in groups:
-        nodes += [resources] * (count if count >= 0 else 64)
+        nodes += [resources] * (count if count >= 0 else UNLIMITED)
     return nodes, source
 
 
