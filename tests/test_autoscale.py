@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 import pytest
-import yaml
 
 from conftest import _free_port, foreign_lines, tiny_sweep, wait_for
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from beray.config import PRESETS, Config, ConfigError, _set, format_errors, load_config, parse_value, read_mapping, results_root
