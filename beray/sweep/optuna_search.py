@@ -40,7 +40,7 @@ class StudyCopy(Callback):
 
     def copy(self) -> None:
         if os.path.exists(self.local):
-            st.write_bytes(st.join(self.results, STUDY), open(self.local, "rb").read())
+            st.write_bytes(st.join(self.results, STUDY), st.read_bytes(self.local))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.copy()
