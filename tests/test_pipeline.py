@@ -9,12 +9,14 @@ from conftest import tiny_overrides
 from beray.config import load_config
 from beray.data.pipeline import build_dataset, run_data
 from beray.methods.build import method_views
+from beray.train.epochs import EpochStream
 
 
-def _epoch(ds, state, epoch: int, per_batch: int) -> list[dict]:
+def _pass(ds, state, epoch: int, per_batch: int) -> list[dict]:
+    """One iteration of ``ds`` from ``epoch``, as the Train workers cut it: batches within one epoch."""
     ray.get(state.set_epoch.remote(epoch))
-    return [{k: v.cpu().numpy() for k, v in b.items()}
-            for b in ds.iter_torch_batches(batch_size=per_batch, drop_last=False)]
+    stream = EpochStream(ds.iter_torch_batches(batch_size=None), per_batch)
+    return [[{k: v.cpu().numpy() for k, v in b.items()} for b in stream.epoch(e)] for e in range(epoch, 2)]
 
 
 def test_batches_mix_anew_every_epoch_and_replay_for_the_same_seed(ray_cluster, tiny_synth, tmp_path):
@@ -22,8 +24,10 @@ def test_batches_mix_anew_every_epoch_and_replay_for_the_same_seed(ray_cluster, 
     cfg = load_config(None, overrides, preset="cpu-tiny")
     state = run_data("mix")
     try:
-        ds = build_dataset(cfg, "mix", state, method_views(cfg))
-        e0, e0_again, e1 = _epoch(ds, state, 0, 4), _epoch(ds, state, 0, 4), _epoch(ds, state, 1, 4)
+        ds = build_dataset(cfg, "mix", state, method_views(cfg))  # one pass spans both epochs
+        e0, e1 = _pass(ds, state, 0, 4)
+        e0_alone = _pass(build_dataset(cfg, "mix", state, method_views(cfg), per_pass=1), state, 0, 4)[0]
+        e1_resumed, = _pass(ds, state, 1, 4)  # a run resumed at epoch 2 draws what the whole run drew there
     finally:
         ray.kill(state)
     n = 12  # tiny_synth's training videos
@@ -31,7 +35,8 @@ def test_batches_mix_anew_every_epoch_and_replay_for_the_same_seed(ray_cluster, 
         assert sorted(np.concatenate([b["index"] for b in epoch]).tolist()) == list(range(n))
     groups = [{frozenset(b["index"].tolist()) for b in epoch} for epoch in (e0, e1)]
     assert groups[0] != groups[1]  # other videos share a batch (and are mixed with each other)
-    for a, b in zip(e0, e0_again):  # same seed and epoch: the same batches, pixel for pixel
+    # same seed and epoch: the same batches, pixel for pixel, whichever epoch the pass started at
+    for a, b in [*zip(e0, e0_alone, strict=True), *zip(e1, e1_resumed, strict=True)]:
         assert set(a) == {"x_o", "x_v", "x_h", "h_valid", "label", "index"}  # x_d is made on the worker
         for k in a:
             assert np.array_equal(a[k], b[k]), k
@@ -58,3 +63,21 @@ def test_a_decode_task_where_the_data_root_is_empty_stops_the_run_but_a_missing_
     with pytest.raises(DataNotVisible, match=rf"node \S+ \(id \w+\) cannot see the training data: {empty} "):
         make_clips(record_table(moved), np.arange(4), spec, 0, 0, lambda p, why: skipped.append((p, why)), str(empty))
     assert len(skipped) == 2  # nothing skipped: the run stops at its first batch
+
+
+def test_epoch_stream_cuts_batches_within_one_epoch():
+    import torch
+
+    def block(epoch, *index):
+        return {"index": torch.tensor(index), "epoch": torch.full((len(index),), epoch)}
+
+    blocks = [block(0, 0, 1, 2), block(0, 3, 4), {}, block(0, 5), block(1, 6, 7, 8), block(1, 9), block(2, 10, 11),
+              block(3, 12, 13)]
+    stream = EpochStream(iter(blocks), 2)
+    batches = lambda e: [b["index"].tolist() for b in stream.epoch(e)]  # noqa: E731
+    assert batches(0) == [[0, 1], [2, 3], [4, 5]]  # across blocks; an empty block (all skipped) passes
+    first = stream.epoch(1)
+    assert next(first)["index"].tolist() == [6, 7]  # epoch 1 cut short after one batch (another rank ran out)
+    assert batches(2) == [[10, 11]]  # epoch 1's rest is skipped, its last odd clip too
+    assert batches(3) == [[12, 13]] and batches(4) == []
+    assert set(next(EpochStream(iter(blocks), 2).epoch(0))) == {"index"}  # the epoch column is the stream's own

@@ -92,11 +92,12 @@ def soak_pipeline(clips: int, every: int, epoch_clips: int = 4_800, progress: bo
     from beray.methods.build import method_views
     from beray.runtime import init_ray
 
-    cfg = load_config(None, ["run.workers=1"], preset="cpu-tiny")
+    cfg = load_config(None, ["run.workers=1", "optim.epochs=100000"], preset="cpu-tiny")  # as many as it takes
     init_ray()
     state = run_data("soak")
     rows = training_records(cfg)
-    ds = build_dataset(cfg, "soak", state, method_views(cfg), rows * max(1, round(epoch_clips / len(rows))))
+    ds = build_dataset(cfg, "soak", state, method_views(cfg), rows * max(1, round(epoch_clips / len(rows))),
+                       per_pass=1)
     driver, workers, bookkeeping, epoch_ends = [], [], [], []
     seen, next_sample, epochs = 0, 0, 0
     t0 = time.perf_counter()

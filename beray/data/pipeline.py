@@ -5,22 +5,25 @@ Nothing is materialised: the records (paths and labels, a table of NumPy
 columns put in the object store once) are the only thing held whole; decoded
 clips stream through Ray Data's executor, whose backpressure bounds memory.
 
-The dataset's rows are task numbers. Each iteration (one epoch) re-runs the
-pipeline: task t of epoch e decodes the records at positions [t * C, (t + 1) * C)
-of the epoch's permutation of all records (C = ``data.clips_per_task``, by default
-one worker's share of the batch), so the videos that share a batch (and the
-partners of the pairing noises: mixup, cutmix, inter_frame, fame) change every
-epoch. Smaller tasks let an epoch's first batch come sooner, but each costs Ray
-a task. Every draw is seeded from (run seed, epoch, video), and clips come out in order:
-the same seed gives the same stream, and a resumed run continues it where the
-uninterrupted run would be.
+The dataset's rows are task numbers, and one iteration of it (a pass) spans several
+epochs, so that the next epoch's first clips are decoded while this epoch's last
+steps train (a pass per epoch would leave the model waiting for a new execution's
+first batch every epoch). Task t of a pass that starts at epoch s decodes, for
+epoch e = s + t // T (T tasks per epoch), the records at positions
+[k * C, (k + 1) * C), k = t % T, of epoch e's permutation of all records
+(C = ``data.clips_per_task``, by default one worker's share of the batch), so the
+videos that share a batch (and the partners of the pairing noises: mixup, cutmix,
+inter_frame, fame) change every epoch. Each clip carries its epoch: the Train
+workers cut batches within one epoch (``beray.train.epochs``). Every draw is seeded
+from (run seed, epoch, video), and clips come out in order: the same seed gives the
+same stream, and a resumed run continues it where the uninterrupted run would be.
 
-The epoch comes from the run's ``RunData`` actor (its handle travels with the
+A pass's first epoch comes from the run's ``RunData`` actor (its handle travels with the
 dataset and the workers' config, which keeps it alive), which the Train workers set
-before they start iterating an epoch (Ray Data starts an epoch's execution only
-once every worker has asked for it). The same actor collects unreadable videos:
+before they start iterating a pass (Ray Data starts an execution only once every
+worker has asked for it). The same actor collects unreadable videos:
 a decode task drops one from its batch, counts it on the ``beray_skipped_videos``
-Ray metric and records its path and reason; the training loop drains them every epoch.
+Ray metric and records its path, reason and epoch; the training loop drains them every epoch.
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ from beray.data.views import ViewMaker, ViewSpec, record_row, video_rng
 
 @ray.remote(num_cpus=0)
 class RunData:
-    """A run's data state: the epoch being drawn, the unreadable videos (path -> reason), the CPU-seconds
-    its decode tasks spent, and the lines rank 0 has for the driver's terminal (beray's console: Ray's own
-    output goes to a log)."""
+    """A run's data state: the first epoch of the pass being drawn, the unreadable videos (path -> reason, by
+    epoch), the CPU-seconds its decode tasks spent, and the lines rank 0 has for the driver's terminal (beray's
+    console: Ray's own output goes to a log)."""
 
     def __init__(self):
         self.epoch = 0
-        self.new: dict[str, str] = {}
+        self.new: dict[int, dict[str, str]] = {}
         self.total: dict[str, str] = {}
         self.lines: list[str] = []
         self.decode = [0.0, 0]  # CPU-seconds, clips
@@ -76,12 +79,17 @@ class RunData:
     def get_epoch(self) -> int:
         return self.epoch
 
-    def add(self, path: str, reason: str) -> None:
-        self.new[path] = reason
+    def add(self, path: str, reason: str, epoch: int = 0) -> None:
+        self.new.setdefault(epoch, {})[path] = reason
         self.total[path] = reason
 
-    def drain(self) -> dict[str, str]:
-        out, self.new = self.new, {}
+    def drain(self, epoch: int | None = None) -> dict[str, str]:
+        """The videos skipped in epochs up to ``epoch`` (None: all) since the last drain. Decode tasks run
+        ahead into the next epoch: its skips wait for its own drain."""
+        out = {}
+        for e in sorted(self.new):
+            if epoch is None or e <= epoch:
+                out.update(self.new.pop(e))
         return out
 
     def all(self) -> dict[str, str]:
@@ -137,35 +145,45 @@ def make_clips(table: dict[str, np.ndarray], indices: np.ndarray, spec: ViewSpec
 
 
 def decode_batch(batch: dict[str, np.ndarray], records, spec: ViewSpec, state, run_name: str, seed: int,
-                 clips_per_task: int, root: str | None = None) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` on one task number t: the clips of task t of the current epoch, decoded.
+                 clips_per_task: int, tasks_per_epoch: int | None = None, epochs: int | None = None,
+                 root: str | None = None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` on one task number t of a pass: the clips of its epoch's task, decoded, each
+    with its ``epoch``.
 
-    ``records`` is ``record_table``'s columns (or an ObjectRef of them), ``state`` the run's
-    ``RunData`` handle (None: epoch 0, skips only counted). An unreadable video is dropped,
-    counted on the ``beray_skipped_videos`` metric (tagged ``run_name``) and named to ``state``.
+    ``records`` is ``record_table``'s columns (or an ObjectRef of them), ``state`` the run's ``RunData`` handle
+    (None: the pass starts at epoch 0, skips only counted), ``tasks_per_epoch`` T (None: every record in one
+    epoch's tasks), ``epochs`` the run's length (tasks of a pass past it decode nothing). An unreadable video is
+    dropped, counted on the ``beray_skipped_videos`` metric (tagged ``run_name``) and named to ``state``.
     """
     import torch  # noqa: F401  a fresh worker's first import (seconds of CPU) is its start-up, not decoding
     import torchvision.transforms.v2  # noqa: F401
 
     cpu = time.thread_time()
     table = ray.get(records) if isinstance(records, ray.ObjectRef) else records
-    epoch = ray.get(state.get_epoch.remote()) if state is not None else 0
-    t, c = int(batch["id"][0]), clips_per_task
-    order = epoch_order(len(table["label"]), seed, epoch)
-    out = make_clips(table, order[t * c:(t + 1) * c], spec, seed, epoch, functools.partial(_skip, run_name, state),
-                     root)
+    n, c = len(table["label"]), clips_per_task
+    per_epoch = tasks_per_epoch or -(-n // c)
+    first = ray.get(state.get_epoch.remote()) if state is not None else 0
+    t = int(batch["id"][0])
+    epoch, k = first + t // per_epoch, t % per_epoch
+    if epochs is not None and epoch >= epochs:
+        return {}
+    order = epoch_order(n, seed, epoch)
+    out = make_clips(table, order[k * c:(k + 1) * c], spec, seed, epoch,
+                     functools.partial(_skip, run_name, state, epoch), root)
+    if out:
+        out["epoch"] = np.full(len(out["index"]), epoch, dtype=np.int64)
     if state is not None:
         state.add_decode.remote(time.thread_time() - cpu, len(out.get("index", ())))
     return out
 
 
-def _skip(run_name: str, state, path: str, reason: str) -> None:
+def _skip(run_name: str, state, epoch: int, path: str, reason: str) -> None:
     from ray.util.metrics import Counter
 
     Counter("beray_skipped_videos", "Unreadable videos skipped by the data pipeline",
             tag_keys=("run",)).inc(1, tags={"run": run_name})
     if state is not None:
-        state.add.remote(path, reason)
+        state.add.remote(path, reason, epoch)
 
 
 def training_records(cfg: Config) -> list[dict]:
@@ -181,17 +199,43 @@ def training_records(cfg: Config) -> list[dict]:
     return rows
 
 
-def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[dict] | None = None
-                  ) -> ray.data.Dataset:
+# Rows (tasks) in one pass at most: each is a small object that Ray Data holds from the start of the pass.
+MAX_TASKS_PER_PASS = 2048
+
+
+def tasks_per_epoch(cfg: Config, n_records: int) -> int:
+    """Decode tasks per epoch: every record once, or, under ``run.max_steps_per_epoch``, enough for those steps
+    and one task to spare (for a skipped video)."""
+    c = task_clips(cfg)
+    n_tasks = -(-n_records // c)
+    if cfg.run.max_steps_per_epoch is None:
+        return n_tasks
+    return min(n_tasks, -(-cfg.run.max_steps_per_epoch * cfg.optim.batch_size // c) + 1)
+
+
+def task_clips(cfg: Config) -> int:
+    """C: clips per decode task (``data.clips_per_task``, by default one worker's share of the batch)."""
+    return cfg.data.clips_per_task or max(1, cfg.optim.batch_size // cfg.run.workers)
+
+
+def epochs_per_pass(cfg: Config, n_records: int) -> int:
+    """How many epochs one iteration of the dataset spans: the whole run where its tasks fit in
+    ``MAX_TASKS_PER_PASS``, else as many epochs as do (at least one)."""
+    return max(1, min(cfg.optim.epochs, MAX_TASKS_PER_PASS // tasks_per_epoch(cfg, n_records)))
+
+
+def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[dict] | None = None,
+                  per_pass: int | None = None) -> ray.data.Dataset:
     """The training stream for ``cfg``: rows with uint8 x_o, x_v (x_h and h_valid when ``views`` ask
-    for them), label and the record's index, in blocks of ``data.clips_per_task`` rows.
-    ``state`` is the run's ``RunData`` handle: it sets the epoch and collects unreadable videos."""
+    for them), label, the record's index and the epoch, in blocks of ``data.clips_per_task`` rows.
+    One iteration spans ``per_pass`` epochs (default ``epochs_per_pass``) from the epoch set on ``state``,
+    the run's ``RunData`` handle, which also collects unreadable videos."""
     rows = list(rows if rows is not None else training_records(cfg))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the training loop prints its own progress
     ctx.print_on_execution_start = False
-    c = cfg.data.clips_per_task or cfg.optim.batch_size // cfg.run.workers
-    n_tasks = -(-len(rows) // c)
+    per_epoch = tasks_per_epoch(cfg, len(rows))
+    n_tasks = per_epoch * (per_pass or epochs_per_pass(cfg, len(rows)))
     # One row (and one task) per C records. Order is preserved so a seed fixes the stream; the
     # permutation inside the tasks does the shuffling.
     # from_items, not range: range's read tasks ask 1 CPU each, which concurrent trials may never have
@@ -201,4 +245,5 @@ def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[di
                           concurrency=cfg.data.decode_concurrency,
                           fn_kwargs={"records": ray.put(record_table(rows)), "spec": view_spec(cfg, views),
                                      "state": state, "run_name": run_name, "seed": cfg.run.seed,
-                                     "clips_per_task": c, "root": data_root([r["path"] for r in rows])})
+                                     "clips_per_task": task_clips(cfg), "tasks_per_epoch": per_epoch,
+                                     "epochs": cfg.optim.epochs, "root": data_root([r["path"] for r in rows])})

@@ -54,7 +54,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from beray.data.pipeline import build_dataset, run_data, training_records
+    from beray.data.pipeline import build_dataset, epochs_per_pass, run_data, training_records
     from beray.data.reach import check_nodes
     from beray.methods.build import method_views
     from beray.train.loop import train_loop_per_worker
@@ -101,6 +101,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": name, "run_data": state,
+                           "epochs_per_pass": epochs_per_pass(cfg, len(rows)),
                            "members": [(m.name, m.cfg.model_dump(mode="json")) for m in pack],
                            "tensorboard": {m.name: st.join(directory, m.name, "tensorboard") if m.name
                                            else st.join(directory, "tensorboard") for m in pack},

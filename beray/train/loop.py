@@ -33,6 +33,7 @@ from beray.config import Config
 from beray.augment.be import add_noise
 from beray.methods.build import build_method, encoder, make_optimizer, train_step
 from beray.train.checkpoint import backbone_weights, load_state, load_weights, read_state, save_state
+from beray.train.epochs import EpochStream
 from beray.train.monitor import Monitor, say
 
 PACK_FILE = "pack.json"  # in a pack's checkpoints: the epoch and the members that failed, with why
@@ -153,21 +154,25 @@ def train_loop_per_worker(config: dict) -> list[dict]:
     per_worker = o.batch_size // world
     history = []
 
+    stream, pass_end = None, start_epoch
     for epoch in range(start_epoch, o.epochs):
         live = [m for m in members if m.failed is None]
         for m in live:
             m.model.train()
             m.seed(epoch_seed(cfg.run.seed, epoch, rank), device)
             m.loss_sum = m.masked = 0.0
-        ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the epoch (Ray Data waits for all)
-        batches = iter(shard.iter_torch_batches(batch_size=per_worker, prefetch_batches=cfg.data.prefetch_batches,
-                                                drop_last=True, pin_memory=device.type == "cuda"))
+        if epoch >= pass_end:  # a new pass of the data over the next epochs
+            ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the pass (Ray Data waits for all)
+            stream = EpochStream(shard.iter_torch_batches(batch_size=None, prefetch_batches=cfg.data.prefetch_batches,
+                                                          pin_memory=device.type == "cuda"), per_worker)
+            pass_end = epoch + config["epochs_per_pass"]
+        batches = stream.epoch(epoch)
         n_steps, wait, t_epoch = 0, 0.0, time.perf_counter()
         first_wait = first_step = 0.0  # the first batch also waits for the epoch's pipeline to start
         while live and (cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch):
             t0 = time.perf_counter()
             batch = next(batches, None)
-            if batch is None:
+            if any_rank(batch is None, device):  # every rank takes as many steps (DDP): the first to run out ends the epoch
                 break
             t1 = time.perf_counter()
             losses = {}
@@ -206,7 +211,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "
                                "the data has fewer readable videos than optim.batch_size")
         elapsed = time.perf_counter() - t_epoch
-        skipped = ray.get(data.drain.remote()) if rank == 0 else {}
+        skipped = ray.get(data.drain.remote(epoch)) if rank == 0 else {}
         shared = {"epoch": epoch + 1, "steps": n_steps, "clips": world * per_worker * n_steps,
                   "clips_per_s": world * per_worker * n_steps / elapsed, "data_wait_fraction": wait / elapsed,
                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
