@@ -112,13 +112,14 @@ def test_knn_and_linear_score_every_test_subset_from_one_extraction(pretrained, 
     assert (pretrained / "eval" / "linear-synth-split1.md").read_text().startswith("## linear probe")
 
 
-def _two_models(pretrained: Path, tmp_path: Path) -> dict[tuple[str, str], Path]:
-    """(together | alone, a | b) -> a copy of the pretrained run; b's weights halved: another model. The two
-    copies of ``together`` sit side by side, as a pack's members in their run (RUN/a, RUN/b)."""
+def _two_models(pretrained: Path, tmp_path: Path, **more: float) -> dict[tuple[str, str], Path]:
+    """(together | alone, a | b) -> a copy of the pretrained run; b's weights halved: another model. The
+    copies of ``together`` sit side by side, as a pack's members in their run (RUN/a, RUN/b). ``more``: other
+    members, each with its weights scaled by its value."""
     import shutil
 
     runs = {}
-    for name, scale in (("a", 1.0), ("b", 0.5)):
+    for name, scale in (("a", 1.0), ("b", 0.5), *more.items()):
         for where in ("together", "alone"):
             run = shutil.copytree(pretrained, tmp_path / where / name, ignore=shutil.ignore_patterns("eval"))
             f = _last_checkpoint(run) / STATE_FILE
@@ -225,14 +226,16 @@ def test_finetune_a_two_class_set_through_ray_train(pretrained, tiny_synth, tmp_
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tensorboard").is_dir()
 
 
-def test_a_packs_members_fine_tune_together_to_the_numbers_each_gets_alone(pretrained, tiny_synth, tmp_path):
+def test_a_packs_members_fine_tune_together_to_the_numbers_each_gets_alone_and_a_failing_one_is_named(pretrained, tiny_synth, tmp_path):
     # One Ray Train job fine-tunes both (members a and b of RUN/eval/finetune-...), one pass tests both
     from beray.eval.run import EvalOptions, evaluate, evaluate_together
 
-    runs = _two_models(pretrained, tmp_path)
+    # and a third member, whose weights are NaN: its fine-tuning stops at its first step, the others go on
+    runs = _two_models(pretrained, tmp_path, c=float("nan"))
     opts = EvalOptions(dataset="manifest", root=str(_two_class_manifest(tiny_synth, tmp_path / "two")), clips=3,
                        overrides=["optim.epochs=1", "optim.batch_size=2"], progress=False)
-    together = evaluate_together("finetune", [str(runs["together", n]) for n in "ab"], opts)
+    *together, [(_, nan, _)] = evaluate_together("finetune", [str(runs["together", n]) for n in "abc"], opts)
+    assert nan.data["results"] == {} and nan.data["failed"].startswith("loss is nan at epoch 1, step 1")
     job = tmp_path / "together" / "eval" / "finetune-manifest-split1"
     assert sorted(p.name for p in job.glob("checkpoint_*/*") if p.is_dir()) == ["a", "b"]  # one job, two members
     for n, [(stem, report, directory)] in zip("ab", together):

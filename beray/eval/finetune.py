@@ -45,7 +45,8 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     video (``opts``: the run's ``EvalOptions``). Several (a pack's members, their eval folders
     ``RUN/MEMBER/eval``) are fine-tuned as the members of one Ray Train job on one labelled stream, in
     ``RUN/eval/``, and tested in one pass over the test clips; each member's numbers are those it would
-    have alone."""
+    have alone. A member whose loss went non-finite gets a report that says why (``data['failed']``), no
+    results; the others are tested."""
     from beray.eval.context import features_together
     from beray.train.launch import fit
 
@@ -66,20 +67,30 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     info = fit(cfg, cfg.run.name, echo=opts.progress, members=members, names=names or None)
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
-    failed = info.metrics.get("failed", {})
-    if failed:  # a member's loss went non-finite: its fine-tuning has no result to test
-        raise ConfigError(f"fine-tuning {cfg.run.name}: " + "; ".join(f"member {n}: {why}" for n, why in failed.items()))
-    tuned = [open_checkpoint(storage.join(info.checkpoint, n) if n else info.checkpoint) for n in names or [""]]
-    ctxs = [EvalContext(t, c, **opts.context()) for t, c in zip(tuned, cfgs)]
-    subsets = ctxs[0].test_subsets()
-    features = features_together(ctxs, [(s, "uniform", opts.clips) for s in subsets], "logits")
+    failed = info.metrics.get("failed", {})  # a member whose loss went non-finite has no model to test; the rest do
+    members = names or [""]
+    live = [i for i, n in enumerate(members) if n not in failed]
+    tuned = {i: open_checkpoint(storage.join(info.checkpoint, members[i]) if names else info.checkpoint) for i in live}
+    ctxs = [EvalContext(tuned[i], cfgs[i], **opts.context()) for i in live]
+    subsets = ctxs[0].test_subsets() if ctxs else []
+    features = dict(zip(live, features_together(ctxs, [(s, "uniform", opts.clips) for s in subsets], "logits")
+                        if ctxs else []))
     elapsed = round(time.perf_counter() - t0, 2)
     reports = []
-    for i, (source, c, t, feats) in enumerate(zip(sources, cfgs, tuned, features)):
-        last = info.metrics["members"][names[i]] if names else info.metrics
+    for i, (source, c) in enumerate(zip(sources, cfgs)):
+        last = info.metrics["members"].get(names[i], {}) if names else info.metrics
         run_dir = storage.join(info.dir, names[i]) if names else info.dir
-        reports.append(_tested(source, c, t, feats, subsets, last, run_dir, opts.clips, elapsed))
+        reports.append(_tested(source, c, tuned[i], features[i], subsets, last, run_dir, opts.clips, elapsed)
+                       if i in features else _failed(source, c, failed[members[i]], run_dir))
     return reports
+
+
+def _failed(source: Source, cfg: Config, why: str, run_dir: str) -> Report:
+    """The report of a pack's member whose fine-tuning stopped (its loss went non-finite): no results."""
+    data = {"dataset": cfg.data.dataset, "split": cfg.data.split, "checkpoint": str(source.path),
+            "model": source.describe(), "run_dir": run_dir, "failed": why, "results": {}}
+    return Report("finetune", f"fine-tuned action recognition, {cfg.data.dataset} split {cfg.data.split}: failed",
+                  ["failed"], [[why]], data, [f"fine-tuning stopped; TensorBoard: {run_dir}/tensorboard"])
 
 
 def _tested(source: Source, cfg: Config, tuned: Source, feats: list, subsets: list[str], last: dict, run_dir: str,
@@ -121,7 +132,7 @@ def finetune_splits_of(sources: list[Source], opts) -> list[list[tuple[str, Repo
 
 def _with_mean(source: Source, dataset: str, splits: list[int], reports: list[Report]) -> list[tuple[str, Report, object]]:
     out = [(f"finetune-{dataset}-split{s}", r, source.eval_dir) for s, r in zip(splits, reports)]
-    if len(splits) > 1:
+    if len(splits) > 1 and not any(r.data.get("failed") for r in reports):  # no mean over a failed split
         subsets = list(reports[0].data["results"])
         mean = {sub: {m: sum(r.data["results"][sub][m] for r in reports) / len(reports) for m in ("top1", "top5")}
                 for sub in subsets}

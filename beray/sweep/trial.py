@@ -85,14 +85,16 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     if not packed:
         tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "node": node, "finished": True})
         return
+    failed = {**failed, **{m: sc["failed"] for m, sc in zip(live, scored) if "failed" in sc}}  # in its evaluation
     done = {m: {**numbers(info.metrics["members"][m]), **sc, "run_dir": st.join(info.dir, m)}
-            for m, sc in zip(live, scored)}
+            for m, sc in zip(live, scored) if "failed" not in sc}
     tune.report({"members": done, "failed": failed, **spent, "node": node, "finished": True})
 
 
 def _scored(s: Sweep, checkpoints: list[str]) -> list[dict]:
     """Each checkpoint's evaluation: its results (``eval/...``), the evaluation's floors and the objective,
-    as a trial record keeps them; a pack's checkpoints evaluated together."""
+    as a trial record keeps them; a pack's checkpoints evaluated together. A member whose fine-tuning stopped:
+    ``{"failed": why}``."""
     from beray.eval.run import EvalOptions, evaluate_together
     from beray.sweep.spec import _sets
 
@@ -108,6 +110,9 @@ def _scored(s: Sweep, checkpoints: list[str]) -> list[dict]:
             report.write(directory, stem)
             results = report.data["results"]  # finetune with several splits: the last is their mean
             floors = report.data.get("floors", {})  # background: chance and a background reader, for the report
+        if why := next((r.data["failed"] for _, r, _ in reports if r.data.get("failed")), None):
+            out.append({"failed": f"evaluation ({e.mode}): {why}"})  # a pack's member's fine-tuning stopped
+            continue
         metrics = flatten(results, "eval/")
         key = "eval/" + s.objective.metric.replace(".", "/")
         if key not in metrics:
