@@ -135,6 +135,14 @@ def baselines(rows: list[PointResult], sweep: Sweep) -> dict[int, PointResult | 
     return out
 
 
+def comparisons(rows: list[PointResult], sweep: Sweep) -> list[list[tuple[PointResult, Paired | None]]]:
+    """Per row, per metric (the objective, then each ``also:``): the row's values of it and their paired
+    difference from the row's baseline (None: no baseline, or the row is its own)."""
+    bases = baselines(rows, sweep)
+    return [[(p.of(m), paired(p.of(m), bases[i].of(m)) if bases[i] is not None else None)
+             for m in [None, *sweep.objective.also]] for i, p in enumerate(rows)]
+
+
 def floors_of(records: list[dict]) -> dict[str, float]:
     """``background``'s floors as its trials recorded them (``floor/...``): chance and a background reader."""
     for r in records:
@@ -196,14 +204,12 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
             headers.append(f"reference: {ref.title}")
     headers.append("notes")
     out = []
-    for i, p in enumerate(rows):
+    for p, cells in zip(rows, comparisons(rows, sweep)):
         row = [_fmt(p.point.get(k)) for k in keys]
-        for j, metric in enumerate([None, *sweep.objective.also]):
-            q = p.of(metric)
+        for j, (q, d) in enumerate(cells):
             row += [q.mean, q.std, *([p.n] if j == 0 else [])]
             if compared:
-                base = bases[i]
-                row.append(paired(q, base.of(metric)).cell() if base is not None else
+                row.append(d.cell() if d is not None else
                            "baseline" if sweep.baseline_of(p.point) == p.point else "-")
             if j == 0 and ref is not None:
                 row.append(ref.values.get(str(p.point.get(ref.param)), "-"))
@@ -213,7 +219,7 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
 
 def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]:
     """``results.csv``: per metric mean, std, n, and the paired difference's mean, interval and pairs."""
-    keys, bases = list(sweep.space), baselines(rows, sweep)
+    keys = list(sweep.space)
     metrics = [sweep.objective.metric, *sweep.objective.also]
     headers = [*keys, *(f"{m} {c}" for m in metrics for c in ("mean", "std", "n", "diff", "diff_lo", "diff_hi",
                                                               "pairs", "marked"))]
@@ -221,11 +227,10 @@ def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[li
         headers.append(f"reference: {sweep.reference.title}")
     headers.append("notes")
     out = []
-    for i, p in enumerate(rows):
+    for p, cells in zip(rows, comparisons(rows, sweep)):
         row = [_fmt(p.point.get(k)) for k in keys]
-        for metric in [None, *sweep.objective.also]:
-            q, base = p.of(metric), bases[i]
-            d = paired(q, base.of(metric)) if base is not None else Paired([])
+        for q, d in cells:
+            d = d or Paired([])
             lo, hi = d.interval() or ("", "")
             row += [q.mean, q.std, q.n, d.mean if d.n else "", lo, hi, d.n, int(d.marked) if d.n else ""]
         if sweep.reference is not None:
@@ -237,8 +242,7 @@ def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[li
 def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
     """What the table lets one say: how the comparisons were made and what, if anything, they show."""
     bases = baselines(rows, sweep)
-    metrics = [None, *sweep.objective.also]
-    pairs = [paired(p.of(m), bases[i].of(m)) for i, p in enumerate(rows) if bases[i] is not None for m in metrics]
+    pairs = [d for cells in comparisons(rows, sweep) for _, d in cells if d is not None]
     finished = [p for p in rows if p.n]
     objective, better = sweep.objective.metric, (1 if sweep.objective.mode == "max" else -1)
     lines = []
