@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_overrides
 
 from beray.config import ConfigError, load_config
-from beray.train.checkpoint import find_state
+from beray.train.checkpoint import STATE_FILE, CheckpointError, carry_state, find_state
 from beray.train.launch import fit
 from beray.train.pack import make_pack, member_name, parse_member
 
@@ -48,6 +48,19 @@ def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_fa
     state = Path(find_state(folder))  # a member's folder reads as a run's: its last checkpoint
     assert state.parent.name == member_name(BE) and Path(last.checkpoint) == state.parent.parent
     assert json.loads((state.parent.parent / "pack.json").read_text())["failed"].keys() == {failing}
+    with pytest.raises(CheckpointError, match=r"failed before its first checkpoint \(loss is nan at epoch 1"):
+        find_state(tmp_path / "pack" / failing)  # it never had a good state
+
+
+def test_a_failed_members_last_good_state_is_carried_into_the_next_checkpoint(tmp_path):
+    import ray.train
+
+    (tmp_path / "old" / "a").mkdir(parents=True)
+    (tmp_path / "old" / "a" / STATE_FILE).write_bytes(b"epoch 3's state")
+    previous = ray.train.Checkpoint.from_directory(str(tmp_path / "old"))
+    assert carry_state(previous, "a", tmp_path / "new") and not carry_state(previous, "b", tmp_path / "new")
+    assert (tmp_path / "new" / "a" / STATE_FILE).read_bytes() == b"epoch 3's state"
+    assert not (tmp_path / "new" / "b").exists()
 
 
 def test_members_that_would_change_the_shared_stream_are_refused_naming_the_setting(tiny_synth, tmp_path):

@@ -7,8 +7,10 @@ The file holds tensors, numbers, strings and containers only, so it loads with
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from torch import nn
 from beray import storage as st
 
 STATE_FILE = "state.pt"
+PACK_FILE = "pack.json"  # in a pack's checkpoints: the epoch and the members that failed, with why
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -72,6 +75,20 @@ class CheckpointError(Exception):
     """A file is not a beray checkpoint, or holds a model other than the one asked for."""
 
 
+def carry_state(previous, name: str, into: str | Path) -> bool:
+    """Copy member ``name``'s state from the ``previous`` Ray Train checkpoint (any storage) into ``into/name``:
+    a pack's member that failed keeps its last good state in every later checkpoint. False when it has none."""
+    from pyarrow.fs import FileType
+
+    src = f"{previous.path}/{name}/{STATE_FILE}"
+    if previous.filesystem.get_file_info(src).type != FileType.File:
+        return False
+    os.makedirs(os.path.join(into, name), exist_ok=True)
+    with previous.filesystem.open_input_stream(src) as f, open(os.path.join(into, name, STATE_FILE), "wb") as out:
+        shutil.copyfileobj(f, out)
+    return True
+
+
 def find_state(path: str | Path) -> str:
     """The ``state.pt`` that ``path`` (local or a URI) names: the file itself, a checkpoint directory, or a
     run directory or a pack member's directory (its last checkpoint). CheckpointError saying what was
@@ -90,10 +107,20 @@ def find_state(path: str | Path) -> str:
     ckpts = checkpoints(p) if found == "dir" else []
     if not ckpts and found == "dir":  # a pack's member: its states are in the job's checkpoints, under its name
         ckpts = checkpoints(*st.split(p))
+        if not ckpts and (why := _failed_member(*st.split(p))):
+            raise CheckpointError(f"{path}: this pack member failed before its first checkpoint ({why}): "
+                                  "it has no state")
     if ckpts:  # Ray Train names them by time: the last in name order is the newest
         return st.join(sorted(ckpts)[-1], STATE_FILE)
     what = "does not exist" if found is None else "holds no state.pt and no checkpoint_*/state.pt"
     raise CheckpointError(f"{path} {what}; expected a run directory, a checkpoint directory or a state.pt")
+
+
+def _failed_member(run: str, member: str) -> str | None:
+    """Why ``member`` of the pack in ``run`` failed, as the newest checkpoint's ``pack.json`` says (None: it did not)."""
+    packs = sorted(st.join(run, n, PACK_FILE) for n in st.listdir(run) if n.startswith("checkpoint_"))
+    packs = [f for f in packs if st.kind(f) == "file"]
+    return json.loads(st.read_text(packs[-1])).get("failed", {}).get(member) if packs else None
 
 
 def read_state(path: str | Path) -> tuple[dict, str]:

@@ -32,11 +32,10 @@ import torch.distributed as dist
 from beray.config import Config
 from beray.augment.be import add_noise
 from beray.methods.build import build_method, encoder, make_optimizer, train_step
-from beray.train.checkpoint import backbone_weights, load_state, load_weights, read_state, save_state
+from beray.train.checkpoint import (PACK_FILE, backbone_weights, carry_state, load_state, load_weights,
+                                    read_state, save_state)
 from beray.train.epochs import EpochStream
 from beray.train.monitor import Monitor, say
-
-PACK_FILE = "pack.json"  # in a pack's checkpoints: the epoch and the members that failed, with why
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -239,6 +238,10 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                     with m.own_rng(device):  # its own RNG state is what it resumes with
                         save_state(os.path.join(tmp, m.name), m.model, m.optimizer, m.scheduler, m.scaler, epoch,
                                    m.cfg.model_dump(mode="json"), global_step)
+                previous = ray.train.get_checkpoint()  # the last one reported (or resumed from)
+                for m in members:
+                    if m.failed is not None and previous is not None:  # its last good state, kept
+                        carry_state(previous, m.name, tmp)
                 if not solo:
                     (Path(tmp) / PACK_FILE).write_text(json.dumps({"epoch": epoch, "failed": failed}))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
