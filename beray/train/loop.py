@@ -167,7 +167,7 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             pass_end = epoch + config["epochs_per_pass"]
         batches = stream.epoch(epoch)
         n_steps, wait, t_epoch = 0, 0.0, time.perf_counter()
-        first_wait = first_step = 0.0  # the first batch also waits for the epoch's pipeline to start
+        first_wait = first_step = 0.0  # at a pass's start, the first batch also waits for the pipeline to start
         while live and (cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch):
             t0 = time.perf_counter()
             batch = next(batches, None)

@@ -85,7 +85,7 @@ class Monitor:
             line += f"  skipped {len(skipped)} unreadable video(s): " + "; ".join(
                 f"{p} ({r})" for p, r in sorted(skipped.items()))
         self.say(line)
-        # Judged after the first batch: the first waits for the epoch's pipeline to start, which more
+        # Judged after the first batch: at a pass's start it waits for the pipeline to start, which more
         # decode CPUs would not shorten.
         steady = values.get("data_wait_after_first", values["data_wait_fraction"])
         if steady > STARVED:
