@@ -3,9 +3,9 @@
 
 Batches arrive on the worker's device (``iter_torch_batches``' default): anything
 that leaves the step (metrics, logs, images) goes through ``.item()`` or ``.cpu()``.
-Every epoch reseeds this rank's RNG from (run seed, epoch, rank) and tells the data
-pipeline which epoch to draw, so a resumed run continues exactly as the
-uninterrupted one would have.
+Every epoch reseeds this rank's RNG from (run seed, epoch, rank); each pass of the
+data (several epochs, ``beray.data.pipeline``) starts at the epoch the loop tells it,
+so a resumed run continues exactly as the uninterrupted one would have.
 
 The loop trains a pack (``beray.train.pack``): each member its own model, optimiser,
 scheduler, scaler and torch RNG state, stepped one after another on each batch,
