@@ -44,7 +44,7 @@ class DataConfig(_Section):
     decode_cpus: float = Field(1.0, gt=0)  # CPUs per decode task
     clips_per_task: int | None = Field(None, ge=1)  # clips per decode task (None: one worker's share of a batch)
     decode_timeout_s: float = Field(60.0, gt=0)  # a video that takes longer is abandoned as bad
-    prefetch_batches: int = Field(2, ge=0)
+    prefetch_batches: int = Field(2, ge=0)  # decoded blocks (of data.clips_per_task clips) a worker holds ready
     synth: dict[str, Any] = {}  # BackgroundBias-Synth generator options (SynthConfig), when root is None
 
     @field_validator("dataset")
