@@ -68,9 +68,9 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
     failed = info.metrics.get("failed", {})  # a member whose loss went non-finite has no model to test; the rest do
-    members = names or [""]
-    live = [i for i, n in enumerate(members) if n not in failed]
-    tuned = {i: open_checkpoint(storage.join(info.checkpoint, members[i]) if names else info.checkpoint) for i in live}
+    folders = names or [""]  # each one's folder in the job's checkpoints ("": a run of one)
+    live = [i for i, n in enumerate(folders) if n not in failed]
+    tuned = {i: open_checkpoint(storage.join(info.checkpoint, folders[i]) if names else info.checkpoint) for i in live}
     ctxs = [EvalContext(tuned[i], cfgs[i], **opts.context()) for i in live]
     subsets = ctxs[0].test_subsets() if ctxs else []
     features = dict(zip(live, features_together(ctxs, [(s, "uniform", opts.clips) for s in subsets], "logits")
@@ -81,7 +81,7 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
         last = info.metrics["members"].get(names[i], {}) if names else info.metrics
         run_dir = storage.join(info.dir, names[i]) if names else info.dir
         reports.append(_tested(source, c, tuned[i], features[i], subsets, last, run_dir, opts.clips, elapsed)
-                       if i in features else _failed(source, c, failed[members[i]], run_dir))
+                       if i in features else _failed(source, c, failed[folders[i]], run_dir))
     return reports
 
 
