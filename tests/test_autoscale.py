@@ -92,5 +92,7 @@ def test_a_sweep_started_on_the_head_alone_runs_as_many_trials_as_the_autoscaler
     assert len(records) == 4 and all(r["status"] == "finished" for r in records), records
     spans = sorted((r["started"], r["ended"], r["node"]) for r in records)
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
-    assert overlapping and all(a[2] != b[2] for a, b in overlapping), spans  # two at once, on two nodes
+    # Two at once, on two nodes. A span ends after its trial's evaluation, which holds no trainer CPU: the next
+    # trial may train on that node meanwhile, so only some overlapping pair must be on two nodes.
+    assert any(a[2] != b[2] for a, b in overlapping), spans
     assert len({node for *_, node in spans}) == 2  # the two nodes the autoscaler added (the head has no CPU)
