@@ -81,3 +81,15 @@ def test_epoch_stream_cuts_batches_within_one_epoch():
     assert batches(2) == [[10, 11]]  # epoch 1's rest is skipped, its last odd clip too
     assert batches(3) == [[12, 13]] and batches(4) == []
     assert set(next(EpochStream(iter(blocks), 2).epoch(0))) == {"index"}  # the epoch column is the stream's own
+
+
+def test_a_capped_epoch_decodes_its_steps_and_one_task_to_spare_per_worker(tmp_path):
+    from beray.data.pipeline import task_clips, tasks_per_epoch
+
+    cfg = lambda *sets: load_config(None, [*tiny_overrides(tmp_path, tmp_path, "t"), *sets])  # noqa: E731
+    two = cfg("run.max_steps_per_epoch=3")  # 2 workers, batch 4: tasks of 2 clips, 6 for 3 steps
+    assert task_clips(two) == 2 and tasks_per_epoch(two, 100) == 6 + 2
+    one = cfg("run.max_steps_per_epoch=3", "run.workers=1")  # tasks of 4 clips, 3 for 3 steps
+    assert task_clips(one) == 4 and tasks_per_epoch(one, 100) == 3 + 1
+    assert tasks_per_epoch(two, 13) == 7  # never more than every record once
+    assert tasks_per_epoch(cfg(), 13) == 7

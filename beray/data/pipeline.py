@@ -205,12 +205,14 @@ MAX_TASKS_PER_PASS = 2048
 
 def tasks_per_epoch(cfg: Config, n_records: int) -> int:
     """Decode tasks per epoch: every record once, or, under ``run.max_steps_per_epoch``, enough for those steps
-    and one task to spare (for a skipped video)."""
+    and one task to spare per worker. Per worker: Ray Data hands each block to the worker that has had the
+    fewest rows so far in the pass, so in some epochs a worker gets only the blocks its steps need, and one
+    skipped video there would cut every rank's epoch short."""
     c = task_clips(cfg)
     n_tasks = -(-n_records // c)
     if cfg.run.max_steps_per_epoch is None:
         return n_tasks
-    return min(n_tasks, -(-cfg.run.max_steps_per_epoch * cfg.optim.batch_size // c) + 1)
+    return min(n_tasks, -(-cfg.run.max_steps_per_epoch * cfg.optim.batch_size // c) + cfg.run.workers)
 
 
 def task_clips(cfg: Config) -> int:
