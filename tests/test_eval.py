@@ -236,6 +236,8 @@ def test_a_packs_members_fine_tune_together_to_the_numbers_each_gets_alone_and_a
                        overrides=["optim.epochs=1", "optim.batch_size=2"], progress=False)
     *together, [(_, nan, _)] = evaluate_together("finetune", [str(runs["together", n]) for n in "abc"], opts)
     assert nan.data["results"] == {} and nan.data["failed"].startswith("loss is nan at epoch 1, step 1")
+    [(_, nan_alone, _)] = evaluate("finetune", runs["together", "c"], opts)  # alone: a run of one stops the same way
+    assert nan_alone.data["results"] == {} and nan_alone.data["failed"] == nan.data["failed"]
     job = tmp_path / "together" / "eval" / "finetune-manifest-split1"
     assert sorted(p.name for p in job.glob("checkpoint_*/*") if p.is_dir()) == ["a", "b"]  # one job, two members
     for n, [(stem, report, directory)] in zip("ab", together):

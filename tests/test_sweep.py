@@ -342,6 +342,16 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
     assert "1 stopped early" in (tmp_path / "sweeps" / "asha" / "results.md").read_text()
 
 
+def test_a_trial_whose_loss_diverges_is_recorded_failed_at_once_not_retried(ray_cluster, tiny_synth, tmp_path, capsys):
+    # a trial of one point (logits / tau overflow: NaN at the first step) with a retry and Train restarts to spare
+    f = tiny_sweep(tmp_path, tiny_synth, "nan", {"method.tau": {"grid": [1.0e-45]}}, retries=1)
+    assert main([str(f)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    [record] = _records(tmp_path / "sweeps" / "nan")
+    assert record["status"] == "failed" and record["error"].startswith("loss is nan at epoch 1, step 1"), record
+    assert "retrying" not in out and "failed    " in out and "1 failed" in out
+
+
 def _last_save(results: Path) -> float:
     """When Tune last saved the sweep's state (0: never)."""
     return max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0)

@@ -90,6 +90,21 @@ def _manifest_with_bad_videos(synth: Path, out: Path) -> tuple[Path, list[str]]:
     return out, [str(cut), str(out / "missing.avi")]
 
 
+def test_a_run_whose_loss_diverges_stops_at_once_saying_where_without_restarts(ray_cluster, tiny_synth, tmp_path):
+    # logits / tau overflow to inf: the loss is NaN at the first step, on both DDP workers, at every attempt
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
+                          *sum((["--set", o] for o in [*tiny_overrides(tiny_synth, tmp_path, "nan"), "method.tau=1e-45"]),
+                               [])], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr  # no traceback
+    assert "error: loss is nan at epoch 1, step 1; lower optim.lr or turn off optim.amp in a new run" in res.stderr
+    assert "restart" not in res.stderr
+    run_dir = tmp_path / "nan"
+    assert _checkpoints(run_dir) == []  # nothing to resume from: the failed epoch saves nothing
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1  # one attempt: Ray Train restarted nothing
+
+
 def test_a_killed_worker_resumes_every_member_and_bad_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):
     # One run for two kinds of trouble: a Train worker of a 2-member pack killed mid-run, and a truncated and
     # a missing video in the data, which every epoch (before and after the restart) skips; the run names each once.

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say("\n" + report.markdown())
                 say(f"written: {js}\n         {md}" + "".join(f"\n         {f}" for f in report.files))
-    return 0
+    return 1 if any(report.data.get("failed") for _, report, _ in reports) else 0  # a fine-tuning that stopped
 
 
 if __name__ == "__main__":

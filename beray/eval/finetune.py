@@ -45,10 +45,10 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     video (``opts``: the run's ``EvalOptions``). Several (a pack's members, their eval folders
     ``RUN/MEMBER/eval``) are fine-tuned as the members of one Ray Train job on one labelled stream, in
     ``RUN/eval/``, and tested in one pass over the test clips; each member's numbers are those it would
-    have alone. A member whose loss went non-finite gets a report that says why (``data['failed']``), no
+    have alone. A model (alone or a member) whose loss went non-finite gets a report that says why (``data['failed']``), no
     results; the others are tested."""
     from beray.eval.context import features_together
-    from beray.train.launch import fit
+    from beray.train.launch import fit, run_dir
 
     t0 = time.perf_counter()
     cfgs = [finetune_config(s, opts.dataset, opts.root, split, opts.overrides) for s in sources]
@@ -64,7 +64,10 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
         what = sources[0].describe() if len(sources) == 1 else f"{len(sources)} checkpoints as one pack"
         say(f"fine-tuning {what} on {cfg.data.dataset} split {split}: {cfg.optim.epochs} epochs, "
             f"lr {cfg.optim.lr}, run {cfg.run.storage}/{cfg.run.name}")
-    info = fit(cfg, cfg.run.name, echo=opts.progress, members=members, names=names or None)
+    try:
+        info = fit(cfg, cfg.run.name, echo=opts.progress, members=members, names=names or None)
+    except FloatingPointError as e:  # a run of one whose loss went non-finite (a pack's members fail alone)
+        return [_failed(sources[0], cfg, str(e), run_dir(cfg, cfg.run.name))]
     if info.checkpoint is None:
         raise ConfigError(f"fine-tuning {cfg.run.name} left no checkpoint")
     failed = info.metrics.get("failed", {})  # a member whose loss went non-finite has no model to test; the rest do
@@ -79,9 +82,9 @@ def finetune_pack(sources: list[Source], split: int, opts) -> list[Report]:
     reports = []
     for i, (source, c) in enumerate(zip(sources, cfgs)):
         last = info.metrics["members"].get(names[i], {}) if names else info.metrics
-        run_dir = storage.join(info.dir, names[i]) if names else info.dir
-        reports.append(_tested(source, c, tuned[i], features[i], subsets, last, run_dir, opts.clips, elapsed)
-                       if i in features else _failed(source, c, failed[folders[i]], run_dir))
+        where = storage.join(info.dir, names[i]) if names else info.dir
+        reports.append(_tested(source, c, tuned[i], features[i], subsets, last, where, opts.clips, elapsed)
+                       if i in features else _failed(source, c, failed[folders[i]], where))
     return reports
 
 

@@ -72,7 +72,12 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     _, point, seed = members[0]  # the members share every setting the job reads: the first one's config is the job's
     cfg = s.run_config(point, seed, storage=runs, name=name)
     packed = bool(members[0][0])
-    info = fit(cfg, name, callbacks=[TuneReportCallback()], members=[_sets(p) for _, p, _ in members] if packed else [])
+    try:
+        info = fit(cfg, name, callbacks=[TuneReportCallback()],
+                   members=[_sets(p) for _, p, _ in members] if packed else [])
+    except FloatingPointError as e:  # a trial of one point whose loss went non-finite: failed, and not retried
+        tune.report({"failed": {"": str(e)}, "finished": True})
+        return
     failed = info.metrics.get("failed", {})
     live = [m for m, _, _ in members if m not in failed]
     before = decode_spent()
@@ -82,10 +87,10 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     spent = {"decode_cpu_s": info.metrics["decode_cpu_s"], "decode_clips": info.metrics["decode_clips"],
              "eval_decode_cpu_s": after_s - before_s, "eval_decode_clips": after_clips - before_clips}
     node = info.metrics.get("node")  # where its rank 0 trained (the sweep's records keep it)
-    if not packed:
+    failed = {**failed, **{m: sc["failed"] for m, sc in zip(live, scored) if "failed" in sc}}  # in its evaluation
+    if not packed and not failed:
         tune.report({**numbers(info.metrics), **scored[0], **spent, "run_dir": info.dir, "node": node, "finished": True})
         return
-    failed = {**failed, **{m: sc["failed"] for m, sc in zip(live, scored) if "failed" in sc}}  # in its evaluation
     done = {m: {**numbers(info.metrics["members"][m]), **sc, "run_dir": st.join(info.dir, m)}
             for m, sc in zip(live, scored) if "failed" not in sc}
     tune.report({"members": done, "failed": failed, **spent, "node": node, "finished": True})

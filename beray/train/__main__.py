@@ -97,6 +97,9 @@ def _run(cfg: Config, name: str, members: list[list[str]]) -> int:
     except (ConfigError, DatasetError) as e:  # the user's data or storage; anything else is a bug: traceback
         say(f"error: {e}", error=True)
         return 2
+    except FloatingPointError as e:  # the loss diverged: resuming would diverge again
+        say(f"error: {e} in a new run (resume cannot change them: {directory} would diverge again)", error=True)
+        return 1
     except TrainingFailedError as e:
         say(f"error: training failed after {cfg.run.max_failures} restart(s): {e}", error=True)
         say(f"continue from the last checkpoint with: python -m beray.train --resume {directory}", error=True)

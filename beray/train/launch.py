@@ -118,7 +118,8 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
 def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool = False,
         members: list[list[str]] = (), names: list[str] | None = None) -> RunInfo:
     """Pretrain ``cfg`` (or the pack of its ``members``, named ``names``) with ``cfg.run.workers`` Ray Train
-    workers; resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come."""
+    workers; resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come.
+    A run of one whose loss goes non-finite stops at once, without restarts: FloatingPointError saying where."""
     from ray.train import TrainingFailedError
 
     from beray.data.reach import found_in
@@ -140,10 +141,13 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
             printer.join()
         skipped, (decode_s, decode_clips) = ray.get([state.all.remote(), state.decoded.remote()])
         ray.kill(state)
-    metrics = dict(result.metrics or {})
+    history = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
+    if not members and history and (why := (history[-1].get("failed") or {}).get("")):
+        raise FloatingPointError(why)  # a run of one whose loss went non-finite (its last report has no checkpoint)
+    metrics = dict(result.metrics or {})  # the last checkpoint's
     metrics["skipped_total"] = len(skipped)
     metrics["decode_cpu_s"], metrics["decode_clips"] = decode_s, decode_clips  # this attempt's, all members
-    metrics["history"] = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
+    metrics["history"] = history
     where = run_dir(cfg, name)  # Ray's checkpoint path has no scheme (s3://): its name in the run's folder has
     return RunInfo(name, where, st.join(where, PurePosixPath(result.checkpoint.path).name) if result.checkpoint
                    else None, metrics)

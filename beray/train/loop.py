@@ -181,11 +181,10 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                     out = train_step(m.model, m.optimizer, m.scaler, x, device, m.scaler.is_enabled())
                 loss = out["loss"].item()  # also waits for the device, so the step time is real
                 if any_rank(not math.isfinite(loss), device):
+                    # not raised: Ray Train would restart the workers, and a resumed run diverges again
                     m.failed = (f"loss is {loss} at epoch {epoch + 1}, step {n_steps + 1}; lower optim.lr or "
                                 "turn off optim.amp")
-                    if solo:
-                        raise FloatingPointError(m.failed)
-                    if rank == 0:
+                    if rank == 0 and not solo:
                         tell(f"member {m.name}: failed: {m.failed}; the other members go on")
                     continue
                 if n_steps == 0 and m.cfg.run.images_every and epoch % m.cfg.run.images_every == 0:
@@ -225,14 +224,14 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             m.monitor.epoch(epoch, global_step, {k: v for k, v in metrics.items()
                                                   if isinstance(v, (int, float)) and k != "epoch"}, skipped)
         failed = {m.name: m.failed for m in members if m.failed is not None}
-        if solo:
-            metrics = per_member[""]
+        if solo:  # a run of one that failed: why (``fit`` raises it), and no checkpoint
+            metrics = per_member[""] if live else {**shared, "failed": failed}
         else:
             metrics = {**shared, "members": per_member, "failed": failed}
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if rank == 0:
+            if rank == 0 and (live or not solo):
                 for m in live:
                     os.makedirs(os.path.join(tmp, m.name), exist_ok=True)
                     with m.own_rng(device):  # its own RNG state is what it resumes with
