@@ -109,7 +109,8 @@ BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|
                         r"|(  )?member [\w.+=-]+: "
                         r"|Ray's log: |warning: |error: |continue from |waiting for |\[\d\d:\d\d:\d\d\] "
                         r"|# Sweep |objective: |\||best: |!\[|TensorBoard of every trial|paired differences: "
-                        r"|one seed cannot |highest mean |lowest mean |no point is ahead |one point: |reference column: |floors, from "
+                        r"|one seed cannot |highest mean |lowest mean |no point is ahead |ahead of the baseline |one point: "
+                        r"|reference column: |floors, from "
                         r"|shortcut: |$)")
 
 

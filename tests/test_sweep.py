@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -199,7 +200,7 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
     rows = aggregate(records, sweep)
     assert [r.point["be.gamma"] for r in rows] == [0.3, 0.0, 0.5]  # best first, no result last
     assert rows[0].mean == pytest.approx(0.6) and rows[0].std == pytest.approx(0.1) and rows[0].n == 3
-    assert rows[1].n == 1 and rows[1].std == 0 and rows[1].stopped == 1
+    assert rows[1].n == 1 and math.isnan(rows[1].std) and rows[1].stopped == 1  # one seed: no spread
     assert rows[2].n == 0 and rows[2].failed == 1 and rows[2].errors == ["ValueError: boom"]
     (tmp_path / "trials").mkdir()
     for i, r in enumerate(records):
@@ -267,8 +268,22 @@ def test_the_report_pairs_trials_by_seed_and_marks_only_intervals_that_exclude_0
                 {"none": [0.2, 0.5], "gaussian": [0.3, 0.6], "fame": [0.3, 0.7]})
     assert "| none | 0.3500 | 0.2121 | 2 | -0.100, -0.200 |" in md and "no interval below 3 pairs" in md  # two pairs
     md = _write(tmp_path / "c", sweep, {"none": [0.25], "gaussian": [0.2], "fame": [0.2]})
-    assert "| none | 0.2500 | 0.0000 | 1 | baseline |" in md and "| gaussian | 0.2000 | 0.0000 | 1 | -0.050 |" in md
+    assert "| none | 0.2500 | - | 1 | baseline |" in md and "| gaussian | 0.2000 | - | 1 | -0.050 |" in md
     assert "one seed cannot rank the points" in md and "best" not in md
+    # every seed one test video ahead: a width-0 interval tests nothing; two points ahead are not ranked
+    md = _write(tmp_path / "d", sweep, {"none": [0.2, 0.5, 0.8], "gaussian": [0.25, 0.55, 0.85],
+                                        "fame": [0.3, 0.6, 0.9]})
+    assert "| gaussian | 0.5500 | 0.3000 | 3 | +0.050, +0.050, +0.050 |" in md and "comparison(s)" not in md
+    assert "no interval below 3 pairs or where every pair differs alike" in md and "best" not in md
+    assert "no difference is tested (fewer than 3 paired seeds, or pairs that all differ alike)" in md
+    md = _write(tmp_path / "e", sweep, {"none": [0.2, 0.5, 0.8], "gaussian": [0.30, 0.64, 0.92],
+                                        "fame": [0.31, 0.63, 0.93]})
+    assert "2 comparison(s), 2 marked" in md and "best" not in md
+    assert "ahead of the baseline in test.top1 (paired differences that exclude 0), not compared with each other: " \
+           "be.noise=fame (0.6233 +- 0.3101, n=3); be.noise=gaussian (0.6200 +- 0.3105, n=3)" in md
+    with open(tmp_path / "e" / "results.csv") as fh:
+        fame = next(r for r in csv.DictReader(fh) if r["be.noise"] == "fame")
+    assert fame["test.top1 diffs"] == "+0.1100 +0.1300 +0.1300" and fame["test.top1 marked"] == "1"
 
 
 # -- real sweeps on the session's Ray ---------------------------------------------------------------

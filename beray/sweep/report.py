@@ -22,6 +22,7 @@ from beray.sweep.spec import Sweep
 
 LEVEL = 0.95  # of the paired intervals
 MIN_PAIRS = 3  # pairs before an interval: scores move in steps of one test video, two equal ones give width 0
+SAME = 1e-9  # differences whose standard deviation is below this differ alike (up to float rounding)
 
 
 @dataclass
@@ -45,10 +46,12 @@ class PointResult:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation over seeds (0 with one seed, NaN with none)."""
-        if self.n < 2:
-            return 0.0 if self.n else math.nan
-        return statistics.stdev(self.values)
+        """Sample standard deviation over seeds (NaN below two: one seed has no spread)."""
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    def spread(self) -> str:
+        """`` +- std`` for the report's sentences; nothing for one seed."""
+        return f" +- {self.std:.4f}" if self.n > 1 else ""
 
     def of(self, metric: str | None = None) -> "PointResult":
         """The same point with ``metric`` (an ``also:`` metric; None: the objective) as its values."""
@@ -75,12 +78,13 @@ class Paired:
         return statistics.fmean(self.diffs) if self.diffs else math.nan
 
     def interval(self) -> tuple[float, float] | None:
-        """The paired ``LEVEL`` interval of the mean difference (Student t, n - 1 degrees of freedom)."""
-        if self.n < MIN_PAIRS:
+        """The paired ``LEVEL`` interval of the mean difference (Student t, n - 1 degrees of freedom); None
+        below ``MIN_PAIRS`` pairs, or where every pair differs alike (an interval of width 0 tests nothing)."""
+        if self.n < MIN_PAIRS or (sd := statistics.stdev(self.diffs)) < SAME:
             return None
         from scipy.stats import t
 
-        half = float(t.ppf(0.5 + LEVEL / 2, self.n - 1)) * statistics.stdev(self.diffs) / math.sqrt(self.n)
+        half = float(t.ppf(0.5 + LEVEL / 2, self.n - 1)) * sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     @property
@@ -91,7 +95,7 @@ class Paired:
     def cell(self) -> str:
         if not self.diffs:
             return "-"
-        if self.n < MIN_PAIRS:
+        if self.interval() is None:
             return ", ".join(f"{d:+.3f}" for d in self.diffs)
         lo, hi = self.interval()
         return f"{self.mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if self.marked else "")
@@ -207,7 +211,7 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
     for p, cells in zip(rows, comparisons(rows, sweep)):
         row = [_fmt(p.point.get(k)) for k in keys]
         for j, (q, d) in enumerate(cells):
-            row += [q.mean, q.std, *([p.n] if j == 0 else [])]
+            row += [q.mean, q.std if q.n > 1 else "-", *([p.n] if j == 0 else [])]
             if compared:
                 row.append(d.cell() if d is not None else
                            "baseline" if sweep.baseline_of(p.point) == p.point else "-")
@@ -218,11 +222,12 @@ def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]
 
 
 def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]:
-    """``results.csv``: per metric mean, std, n, and the paired difference's mean, interval and pairs."""
+    """``results.csv``: per metric mean, std, n, and the paired difference's mean, interval, pairs and each
+    pair's difference (space-separated, in seed order)."""
     keys = list(sweep.space)
     metrics = [sweep.objective.metric, *sweep.objective.also]
     headers = [*keys, *(f"{m} {c}" for m in metrics for c in ("mean", "std", "n", "diff", "diff_lo", "diff_hi",
-                                                              "pairs", "marked"))]
+                                                              "pairs", "diffs", "marked"))]
     if sweep.reference is not None:
         headers.append(f"reference: {sweep.reference.title}")
     headers.append("notes")
@@ -232,7 +237,8 @@ def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[li
         for q, d in cells:
             d = d or Paired([])
             lo, hi = d.interval() or ("", "")
-            row += [q.mean, q.std, q.n, d.mean if d.n else "", lo, hi, d.n, int(d.marked) if d.n else ""]
+            row += [q.mean, q.std if q.n > 1 else "", q.n, d.mean if d.n else "", lo, hi, d.n,
+                    " ".join(f"{x:+.4f}" for x in d.diffs), int(d.marked) if d.n else ""]
         if sweep.reference is not None:
             row.append(sweep.reference.values.get(str(p.point.get(sweep.reference.param)), ""))
         out.append(row + [_notes(p)])
@@ -242,7 +248,7 @@ def csv_table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[li
 def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
     """What the table lets one say: how the comparisons were made and what, if anything, they show."""
     bases = baselines(rows, sweep)
-    pairs = [d for cells in comparisons(rows, sweep) for _, d in cells if d is not None]
+    pairs = [d for cells in comparisons(rows, sweep) for _, d in cells if d is not None and d.n]
     finished = [p for p in rows if p.n]
     objective, better = sweep.objective.metric, (1 if sweep.objective.mode == "max" else -1)
     lines = []
@@ -251,7 +257,7 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
     most = max((p.n for p in finished), default=0)
     if len(finished) == 1:
         only = finished[0]
-        return [f"one point: {objective} {only.mean:.4f} +- {only.std:.4f} (n={only.n}), nothing to compare it with"]
+        return [f"one point: {objective} {only.mean:.4f}{only.spread()} (n={only.n}), nothing to compare it with"]
     if pairs:
         base = next(b for b in bases.values() if b is not None)
         named = ", ".join(f"{k}={_fmt(v)}" for k, v in (sweep.baseline or base.point).items())
@@ -260,7 +266,9 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
                      + (f"{int(LEVEL * 100)}% Student t interval from {MIN_PAIRS} pairs on, * where it excludes 0: "
                         f"{len(made)} comparison(s), {sum(d.marked for d in made)} marked (about "
                         f"{(1 - LEVEL) * len(made):.1f} would be by chance alone)" if made else
-                        f"no interval below {MIN_PAIRS} pairs: the differences themselves are shown"))
+                        f"no interval below {MIN_PAIRS} pairs"
+                        + (" or where every pair differs alike" if any(d.n >= MIN_PAIRS for d in pairs) else "")
+                        + ": the differences themselves are shown"))
     if most < 2:
         lines.append("one seed cannot rank the points: a difference between them carries no spread, and a "
                      "two-epoch run's can follow the processor's rounding (run seeds: 3 or more)")
@@ -269,10 +277,14 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
         tested = {id(p): paired(p, bases[i]) for i, p in enumerate(rows) if bases[i] is not None and p.n}
         ahead = [p for p in finished if id(p) in tested and tested[id(p)].marked and better * tested[id(p)].mean > 0]
         behind = [p for p in finished if id(p) in tested and tested[id(p)].marked and better * tested[id(p)].mean < 0]
-        if ahead:
+        if len(ahead) == 1:
             top = ahead[0]
-            lines.append(f"best: {_describe(top.point)} ({objective} {top.mean:.4f} +- {top.std:.4f}, n={top.n}): "
+            lines.append(f"best: {_describe(top.point)} ({objective} {top.mean:.4f}{top.spread()}, n={top.n}): "
                          "its paired difference from the baseline excludes 0")
+        elif ahead:  # each was compared with the baseline, not with the others
+            lines.append(f"ahead of the baseline in {objective} (paired differences that exclude 0), not compared "
+                         "with each other: " + "; ".join(f"{_describe(p.point)} ({p.mean:.4f}{p.spread()}, n={p.n})"
+                                                         for p in ahead))
         elif tested and len(behind) == len(tested):
             top = next(b for b in bases.values() if b is not None)
             lines.append(f"best: {_describe(top.point)}, the baseline: every other point's paired difference in "
@@ -282,11 +294,15 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
                          + (f"; behind it: {', '.join(_describe(p.point) for p in behind)}" if behind else ""))
     else:
         top = finished[0]
+        if not pairs:
+            why = ("no baseline point finished, or the search has none (a random search without baseline:, Optuna), "
+                   "so no difference is tested")
+        elif all(d.n < MIN_PAIRS for d in pairs):
+            why = f"with fewer than {MIN_PAIRS} paired seeds no difference is tested"
+        else:
+            why = f"no difference is tested (fewer than {MIN_PAIRS} paired seeds, or pairs that all differ alike)"
         lines.append(f"{'highest' if better > 0 else 'lowest'} mean {objective}: {_describe(top.point)} "
-                     f"({top.mean:.4f} +- {top.std:.4f}, "
-                     f"n={top.n}); " + (f"with fewer than {MIN_PAIRS} paired seeds no difference is tested" if pairs
-                                        else "no baseline point finished, or the search has none (a random search "
-                                        "without baseline:, Optuna), so no difference is tested"))
+                     f"({top.mean:.4f}{top.spread()}, n={top.n}); {why}")
     return lines
 
 
