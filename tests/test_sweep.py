@@ -171,6 +171,9 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
          "objective.metric: 'linear.gap' is not a result of retrieve on ucf101; it reports: test.R@1, "),
         ({"baseline": {"be.beta": 0}}, "baseline.be.beta is not a field of the space (be.noise)"),
         ({"baseline": {"be.noise": "fame"}}, "baseline.be.noise = 'fame' is not one of its values ['none', 'intra_frame']"),
+        ({"baseline": {"be.noise": "none"}, "search": {"algorithm": "random", "samples": 2},
+          "space": {"be.noise": {"grid": ["none", "fame"]}, "be.gamma": {"uniform": [0.1, 0.5]}}},
+         "baseline: a random search draws be.gamma anew for every point, so no point has a baseline"),
         ({"eval": {"mode": "background"}, "base": {"set": {"data.dataset": "ucf101", "data.root": "."}},
           "objective": {"metric": "knn.gap"}}, "eval.mode: background needs BackgroundBias-Synth's subsets"),
     ]

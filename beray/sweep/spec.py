@@ -195,6 +195,11 @@ class Sweep(_Section):
             if self.search.algorithm == "optuna":
                 raise ValueError("baseline: an Optuna search chooses its own points, so none is there to compare "
                                  "with; leave baseline out")
+            drawn = [k for k, d in self.space.items() if d.kind != "grid"]
+            if self.search.algorithm == "random" and drawn:
+                raise ValueError(f"baseline: a random search draws {', '.join(drawn)} anew for every point, so no "
+                                 "point has a baseline with its draws to compare with; make them grids, or leave "
+                                 "baseline out")
             for key, value in self.baseline.items():
                 if key not in self.space:
                     raise ValueError(f"baseline.{key} is not a field of the space ({', '.join(self.space)})")
