@@ -367,7 +367,12 @@ def plot(rows: list[PointResult], sweep: Sweep, path: str, floors: dict[str, flo
 
     metrics = [None, *sweep.objective.also]
     points = _order(rows, sweep)
-    base = next((q for q in rows if q.n and q.point == sweep.baseline_of(q.point)), None)
+    bases = baselines(rows, sweep)
+    base_of = {id(p): bases[i] for i, p in enumerate(rows)}
+    # one baseline for every point: a line across the panel; several (a baseline that names some fields of
+    # a grid): each point's own, as a dash across it
+    shared = {id(b): b for b in bases.values() if b is not None and b.n}
+    base = next(iter(shared.values())) if len(shared) == 1 else None
     cols = min(len(metrics), 4)
     nrows = math.ceil(len(metrics) / cols)
     width = max(2.6, 0.45 * len(points) + 1.2)
@@ -383,6 +388,9 @@ def plot(rows: list[PointResult], sweep: Sweep, path: str, floors: dict[str, flo
             ax.hlines(q.mean, x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=4)
         if base is not None and base.of(metric).n:
             ax.axhline(base.of(metric).mean, color="tab:red", linestyle="--", linewidth=1, label="baseline", zorder=2)
+        for x, p in enumerate(points if len(shared) > 1 else []):
+            if (b := base_of[id(p)]) is not None and b.of(metric).n:
+                ax.hlines(b.of(metric).mean, x - 0.4, x + 0.4, color="tab:red", linestyle="--", linewidth=1, zorder=2)
         name = (metric or sweep.objective.metric).rsplit(".", 1)[-1]
         for label, value, colour in (("background reader", (floors or {}).get(f"background_reader/{name}"), "tab:brown"),
                                      ("chance", (floors or {}).get("chance") if name != "gap" else None, "grey")):
@@ -397,7 +405,7 @@ def plot(rows: list[PointResult], sweep: Sweep, path: str, floors: dict[str, flo
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(f"sweep {sweep.name} ({', '.join(sweep.space)}): {sweep.eval.mode}; dots: seeds, bar: mean, "
-                 "dashed: the baseline", fontsize=9)
+                 "dashed: the baseline", fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
