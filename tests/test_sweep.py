@@ -200,9 +200,11 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
     records += [{"point": {"be.gamma": 0.0}, "seed": 0, "status": "finished", "objective": 0.4},
                 {"point": {"be.gamma": 0.0}, "seed": 1, "status": "stopped"},
                 {"point": {"be.gamma": 0.5}, "seed": 0, "status": "failed", "error": "Traceback\nValueError: boom"}]
+    records.append({**records[0]})  # a point and seed drawn twice (random search): the same run, counted once
     rows = aggregate(records, sweep)
     assert [r.point["be.gamma"] for r in rows] == [0.3, 0.0, 0.5]  # best first, no result last
     assert rows[0].mean == pytest.approx(0.6) and rows[0].std == pytest.approx(0.1) and rows[0].n == 3
+    assert rows[0].repeated == 1 and rows[1].repeated == 0
     assert rows[1].n == 1 and math.isnan(rows[1].std) and rows[1].stopped == 1  # one seed: no spread
     assert rows[2].n == 0 and rows[2].failed == 1 and rows[2].errors == ["ValueError: boom"]
     (tmp_path / "trials").mkdir()
@@ -212,7 +214,7 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
     md = write_report(tmp_path)
     # gamma 0 (the first of the grid) is the baseline; gamma 0.3 shares one finished seed with it (whose
     # record has no top-5: nothing to pair there)
-    assert "| 0.3 | 0.6000 | 0.1000 | 3 | +0.100 | 0.8000 | 0.1000 | - | - |" in md
+    assert "| 0.3 | 0.6000 | 0.1000 | 3 | +0.100 | 0.8000 | 0.1000 | - | 1 repeat(s) of a seed counted once |" in md
     assert "highest mean test.top1: be.gamma=0.3 (0.6000 +- 0.1000, n=3); with fewer than 3 paired" in md
     assert "best:" not in md
     with open(tmp_path / "results.csv") as fh:

@@ -32,6 +32,7 @@ class PointResult:
     also: dict[str, list[float]] = field(default_factory=dict)
     stopped: int = 0
     failed: int = 0
+    repeated: int = 0  # finished trials of a seed already counted (a random search can draw a point twice)
     errors: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)  # of ``values``, in order
     also_seeds: dict[str, list[int]] = field(default_factory=dict)
@@ -113,8 +114,12 @@ def aggregate(records: list[dict], sweep: Sweep) -> list[PointResult]:
         key = json.dumps(r["point"], sort_keys=True)
         p = points.setdefault(key, PointResult(dict(r["point"])))
         if r["status"] == "finished":
+            seed = int(r.get("seed", len(p.seeds)))
+            if seed in p.seeds:  # the same point and seed: the same run again, not another sample
+                p.repeated += 1
+                continue
             p.values.append(float(r["objective"]))
-            p.seeds.append(int(r.get("seed", len(p.seeds))))
+            p.seeds.append(seed)
             for name in sweep.objective.also:
                 v = r.get("results", {}).get(name.replace(".", "/"))
                 if v is not None:
@@ -193,7 +198,8 @@ def _describe(point: dict) -> str:
 
 def _notes(p: PointResult) -> str:
     return ", ".join(x for x in (f"{p.stopped} stopped early" if p.stopped else "",
-                                 f"{p.failed} failed: {p.errors[0][:80]}" if p.failed else "") if x) or "-"
+                                 f"{p.failed} failed: {p.errors[0][:80]}" if p.failed else "",
+                                 f"{p.repeated} repeat(s) of a seed counted once" if p.repeated else "") if x) or "-"
 
 
 def table(rows: list[PointResult], sweep: Sweep) -> tuple[list[str], list[list]]:
