@@ -93,3 +93,15 @@ def test_a_capped_epoch_decodes_its_steps_and_one_task_to_spare_per_worker(tmp_p
     assert task_clips(one) == 4 and tasks_per_epoch(one, 100) == 3 + 1
     assert tasks_per_epoch(two, 13) == 7  # never more than every record once
     assert tasks_per_epoch(cfg(), 13) == 7
+
+
+def test_a_run_s_passes_are_as_few_as_fit_and_of_equal_length(tmp_path):
+    from beray.data.pipeline import MAX_TASKS_PER_PASS, epochs_per_pass, tasks_per_epoch
+
+    cfg = lambda epochs: load_config(None, [*tiny_overrides(tmp_path, tmp_path, "t", epochs=epochs)])  # noqa: E731
+    n = 2 * 80  # 80 tasks of 2 clips an epoch: 25 epochs fit in a pass of at most 2,048 tasks
+    assert tasks_per_epoch(cfg(1), n) == 80 and MAX_TASKS_PER_PASS // 80 == 25
+    assert epochs_per_pass(cfg(20), n) == 20  # the whole run
+    assert epochs_per_pass(cfg(100), n) == 25  # 4 passes
+    assert epochs_per_pass(cfg(101), n) == 21  # 5 passes of 21 (not 25, 25, 25, 25 and 1 in a pass of 25)
+    assert epochs_per_pass(cfg(45), n * 30) == 1  # an epoch larger than a pass: one epoch each

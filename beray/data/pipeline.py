@@ -222,8 +222,10 @@ def task_clips(cfg: Config) -> int:
 
 def epochs_per_pass(cfg: Config, n_records: int) -> int:
     """How many epochs one iteration of the dataset spans: the whole run where its tasks fit in
-    ``MAX_TASKS_PER_PASS``, else as many epochs as do (at least one)."""
-    return max(1, min(cfg.optim.epochs, MAX_TASKS_PER_PASS // tasks_per_epoch(cfg, n_records)))
+    ``MAX_TASKS_PER_PASS``, else as few passes as fit them, of equal length (at least one epoch): the tasks of a
+    last pass that runs past the run's end decode nothing, but each is still a task."""
+    most = max(1, min(cfg.optim.epochs, MAX_TASKS_PER_PASS // tasks_per_epoch(cfg, n_records)))
+    return -(-cfg.optim.epochs // -(-cfg.optim.epochs // most))
 
 
 def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[dict] | None = None,
