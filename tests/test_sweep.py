@@ -427,6 +427,51 @@ def test_a_killed_driver_resumes_with_only_the_packs_left_and_a_failing_member_o
     assert again.returncode == 2 and "--resume" in again.stderr  # the same name again: refused, nothing lost
 
 
+def test_ctrl_c_stops_a_sweep_with_the_command_that_resumes_it_and_the_resume_finishes(ray_cluster, tiny_synth,
+                                                                                         tmp_path):
+    # Ctrl-C (SIGINT to the driver): Tune stops the trials and saves its state; the sweep must not then write a
+    # report of the points that ran as if it had ended, and the command it prints must find the sweep again
+    f = tiny_sweep(tmp_path, tiny_synth, "ctrlc", {"be.gamma": {"grid": [0.0, 0.3]}}, pack=False,
+                   resources={"workers": 1, "cpus_per_worker": 0.5, "max_concurrent": 1})
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f), "--set", "name=ctrl-c"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            assert wait_for(lambda: "started   " in log.read_text(), 120), log.read_text()[-3000:]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert f"interrupted; continue with: python -m beray.sweep {f} --set name=ctrl-c --resume" in text, text
+    results = tmp_path / "sweeps" / "ctrl-c"
+    assert "# Sweep" not in text and not (results / "results.md").exists()
+    res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--set", "name=ctrl-c", "--resume"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert [r["status"] for r in _records(results)] == ["finished", "finished"]
+    assert "2 finished" in (results / "results.md").read_text()
+
+
+def test_a_resumed_sweep_s_progress_knows_what_ended_since_tune_pickled_it(tmp_path):
+    import pickle
+
+    from beray.sweep.progress import SweepProgress
+
+    sweep = Sweep.model_validate({"name": "r", "space": {"be.gamma": {"grid": [0.0, 0.3]}}})
+    (tmp_path / "trials").mkdir()
+    progress = pickle.loads(pickle.dumps(SweepProgress(sweep, str(tmp_path))))  # as tuner.pkl keeps it: at the start
+    for key, status in (("a/m", "failed"), ("b", "running")):
+        (tmp_path / "trials" / f"{key.replace('/', '+')}.json").write_text(json.dumps(
+            {"trial_id": key, "point": {"be.gamma": 0.0}, "seed": 0, "status": status}))
+    assert progress.ended == {}
+    progress.setup(total_num_samples=2)  # what Tune calls as a resumed run starts
+    assert progress.ended == {"a/m": "failed"}
+
+
 def test_optuna_search_keeps_its_study_in_sqlite(ray_cluster, tiny_synth, tmp_path, capsys):
     import optuna
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from beray import console
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{str(e).splitlines()[0]} (with token authentication, also RAY_AUTH_MODE=token)", error=True)
             return 2
         except KeyboardInterrupt:
-            say(f"\ninterrupted; continue with: python -m beray.sweep {args.sweep} --resume", error=True)
+            again = shlex.join([args.sweep, *(x for o in args.overrides for x in ("--set", o)), "--resume"])
+            say(f"\ninterrupted; continue with: python -m beray.sweep {again}", error=True)
             return 130
     return 0
 

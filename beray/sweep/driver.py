@@ -178,7 +178,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     from beray.runtime import init_ray
     from beray.sweep.optuna_search import StudyCopy, local_study
-    from beray.sweep.progress import SweepProgress
+    from beray.sweep.progress import SweepProgress, ended, total_points
     from beray.sweep.report import write_report
     from beray.console import say
     from beray.sweep.trial import PACK_KEY, run_trial
@@ -216,4 +216,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),
                                       callbacks=callbacks))
     tuner.fit()
+    if len(ended(results)) < total_points(sweep):
+        # a Ctrl-C: Tune stops its trials and saves its state, then returns
+        raise KeyboardInterrupt
     return write_report(results, sweep)

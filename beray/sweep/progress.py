@@ -34,17 +34,18 @@ class SweepProgress(Callback):
 
     def __init__(self, sweep: Sweep, results: str):
         self.sweep = sweep  # no open streams held: Tune pickles its callbacks with the experiment state
-        self.records = st.join(results, "trials")
+        self.results, self.records = results, st.join(results, "trials")
         self.metric = sweep.scheduler.metric
-        # point key -> finished | stopped | failed: as this callback saw it end, or as a resumed sweep's records say
-        self.ended: dict[str, str] = {r["trial_id"]: r["status"] for r in read_records(results)
-                                      if r.get("status") in STATES[2:]}
+        self.ended: dict[str, str] = ended(results)  # point key -> finished | stopped | failed
         self.resumed: dict[str, int] = {}  # trial id -> the epoch its run last resumed from
         self.started: dict[str, float] = {}  # point key -> when its trial last started (Unix time)
-        # every point, with every seed: Tune makes trials only as max_concurrent_trials lets it
-        points = sweep.search.samples if sweep.search.algorithm == "optuna" else len(sweep.points())
-        self.total = points * len(sweep.seed_list)
+        self.total = total_points(sweep)
         self._gauge, self._published = None, 0.0
+
+    def setup(self, **info):
+        # --resume: Tune restores this callback as it was pickled when the sweep started; the records say what
+        # has ended since
+        self.ended = ended(self.results)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_gauge": None}  # a metric handle is made again where it is needed
@@ -158,6 +159,17 @@ class SweepProgress(Callback):
         for key, _, point, seed in self._points(trial):
             if key not in self.ended:
                 self._fail(trials, trial, key, point, seed, error)
+
+
+def ended(results: str) -> dict[str, str]:
+    """Point key -> finished | stopped | failed, as the sweep's records say."""
+    return {r["trial_id"]: r["status"] for r in read_records(results) if r.get("status") in STATES[2:]}
+
+
+def total_points(sweep: Sweep) -> int:
+    """Every point with every seed (Tune makes trials only as max_concurrent_trials lets it)."""
+    points = sweep.search.samples if sweep.search.algorithm == "optuna" else len(sweep.points())
+    return points * len(sweep.seed_list)
 
 
 def _error(trial) -> str:
