@@ -9,7 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+# What reading or writing a storage may raise for the user's setting (a path that cannot be written, a bucket
+# without credentials, an unknown scheme): each command turns it into one line naming the setting
+FAILURES = (OSError, pa.ArrowException)
 
 
 def is_uri(path: str) -> bool:

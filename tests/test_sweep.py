@@ -190,6 +190,20 @@ def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
     assert "cannot read sweep file" in capsys.readouterr().err
 
 
+def test_storage_that_cannot_be_written_or_read_is_one_line_before_ray_starts(tiny_synth, tmp_path, capsys):
+    (tmp_path / "file").write_text("")  # a file where the storage needs a folder
+    f = tiny_sweep(tmp_path, tiny_synth, "w", {"be.gamma": {"grid": [0.0]}})
+    tree = yaml.safe_load(f.read_text())
+    f.write_text(yaml.safe_dump({**tree, "storage": str(tmp_path / "file" / "sweeps")}))
+    assert main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: storage: cannot write the sweep's files to {tmp_path / 'file' / 'sweeps' / 'w'}: " in err, err
+    assert "Traceback" not in err
+    assert main(["report", "s4://bucket/sweeps/w"]) == 2  # a scheme no file system knows
+    err = capsys.readouterr().err
+    assert "error: cannot read or write the report in s4://bucket/sweeps/w: " in err and "Traceback" not in err, err
+
+
 # -- the report against hand-made results -----------------------------------------------------------
 
 def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):

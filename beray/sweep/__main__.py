@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
         from beray import storage as st
 
-        if st.kind(st.join(st.resolve(args.results), "sweep.yaml")) != "file":
-            say(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", error=True)
+        try:
+            if st.kind(st.join(st.resolve(args.results), "sweep.yaml")) != "file":
+                say(f"error: {args.results} is not a sweep's results directory (no sweep.yaml)", error=True)
+                return 2
+            say(write_report(args.results))
+        except st.FAILURES as e:
+            say(f"error: cannot read or write the report in {args.results}: {e}", error=True)
             return 2
-        say(write_report(args.results))
         return 0
     p = argparse.ArgumentParser(prog="python -m beray.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

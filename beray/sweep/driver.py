@@ -184,13 +184,16 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     from beray.sweep.trial import PACK_KEY, run_trial
 
     results = results_dir(sweep)
-    state = st.kind(st.join(results, "tuner.pkl")) == "file"
-    if resume and not state:
-        raise ConfigError(f"--resume: {results} holds no sweep to continue (no tuner.pkl); run it without --resume")
-    if not resume and state:
-        raise ConfigError(f"{results} already holds sweep {sweep.name!r}: continue it with --resume, or give the "
-                          "sweep another name (--set name=...)")
-    st.write_text(st.join(results, "sweep.yaml"), yaml.safe_dump(sweep.dump(), sort_keys=False))
+    try:
+        state = st.kind(st.join(results, "tuner.pkl")) == "file"
+        if resume and not state:
+            raise ConfigError(f"--resume: {results} holds no sweep to continue (no tuner.pkl); run it without --resume")
+        if not resume and state:
+            raise ConfigError(f"{results} already holds sweep {sweep.name!r}: continue it with --resume, or give the "
+                              "sweep another name (--set name=...)")
+        st.write_text(st.join(results, "sweep.yaml"), yaml.safe_dump(sweep.dump(), sort_keys=False))
+    except st.FAILURES as e:
+        raise ConfigError(f"storage: cannot write the sweep's files to {results}: {e}") from None
     init_ray(log_to_driver=False)  # the trial lines below say what happens; workers' logs stay in Ray's log files
     import ray
 

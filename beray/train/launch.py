@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import pyarrow as pa
 from pydantic import ValidationError
 import ray
 import yaml
@@ -87,7 +86,7 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
         for m in pack:
             if m.name:
                 st.write_text(st.join(directory, m.name, "config.yaml"), to_yaml(m.cfg))
-    except (OSError, pa.ArrowException) as e:
+    except st.FAILURES as e:
         raise ConfigError(f"run.storage: cannot write the run's files to {directory}: {e}") from None
     init_ray()
     check_nodes([r["path"] for r in rows])  # a node without the data is named now, not after its skipped videos
