@@ -147,6 +147,18 @@ def test_concurrency_counts_whole_workers_per_node_and_leaves_a_decode_task_room
     assert trials([{"CPU": 8}], workers=1, cpus_per_worker=8, gpus_per_worker=1) == 1  # none fit now: one waits
 
 
+def test_an_autoscaler_s_max_workers_bounds_every_node_type_together():
+    from beray.sweep.driver import scaled_workers
+
+    sweep = Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
+                                  "resources": {"workers": 1, "cpus_per_worker": 8, "gpus_per_worker": 1}})
+    cpu, gpu = {"CPU": 16}, {"CPU": 48, "GPU": 4}
+    assert scaled_workers(sweep, [(cpu, 8), (gpu, 8)]) == [cpu] * 8 + [gpu] * 8  # no budget: each type's own
+    assert scaled_workers(sweep, [(cpu, 8), (gpu, 8)], budget=3) == [gpu] * 3  # 3 in all: those that hold trials
+    assert len(scaled_workers(sweep, [(cpu, -1)], budget=-1)) == 64  # no limit anywhere: UNLIMITED
+    assert max_concurrent(sweep, [{"CPU": 8}, *scaled_workers(sweep, [(cpu, 8), (gpu, 8)], budget=3)]) == 12
+
+
 def test_a_bad_sweep_file_exits_2_naming_the_field(tmp_path, capsys):
     good = yaml.safe_load(Path("sweeps/quickstart.yaml").read_text())
     cases = [

@@ -80,17 +80,16 @@ def _monitor_config() -> str | None:
     return None
 
 
-def autoscaled_nodes() -> tuple[list[dict], str] | None:
+def autoscaled_nodes(sweep: Sweep) -> tuple[list[dict], str] | None:
     """Each node's resources once the autoscaler has started every node its config allows (the head as it
-    is now), and where that came from; None on a cluster without an autoscaler. A node group without a
-    limit counts as ``UNLIMITED`` nodes (the sweep's own jobs bound it then)."""
+    is now), and where that came from; None on a cluster without an autoscaler."""
     import ray
     import ray._private.state
 
     head = [n["Resources"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
     config = ray._private.state.state.get_cluster_config()  # autoscaler v2 (KubeRay, ...)
     if config is not None and config.node_group_configs:
-        groups = [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+        groups, budget = [(dict(g.resources), g.max_count) for g in config.node_group_configs], -1
         source = "the autoscaler's node groups"
     elif path := _monitor_config():
         with open(path) as f:
@@ -99,13 +98,20 @@ def autoscaled_nodes() -> tuple[list[dict], str] | None:
         groups = [(t.get("resources") or {}, t.get("max_workers", budget)) for name, t in types.items()
                   if name != tree.get("head_node_type")]
         source = f"the autoscaler's config ({path}: max_workers per node type, {budget} in all)"
-        groups = [(res, n if budget < 0 else min(n, budget)) for res, n in groups]
     else:
         return None
-    nodes = list(head)
-    for resources, count in groups:
-        nodes += [resources] * (count if count >= 0 else UNLIMITED)
-    return nodes, source
+    return head + scaled_workers(sweep, groups, budget), source
+
+
+def scaled_workers(sweep: Sweep, groups: list[tuple[dict, int]], budget: int = -1) -> list[dict]:
+    """The worker nodes of node ``groups`` (resources, most nodes; a negative most: no limit, counted as
+    ``UNLIMITED``), at most ``budget`` in all when it is not negative (``ray up``'s ``max_workers`` bounds
+    every type together): then those that hold the most of the sweep's trials."""
+    workers = [res for res, most in groups for _ in range(most if most >= 0 else UNLIMITED)]
+    if budget < 0 or len(workers) <= budget:
+        return workers
+    return sorted(workers, key=lambda res: (max_concurrent(sweep, [res]), res.get("GPU", 0), res.get("CPU", 0)),
+                  reverse=True)[:budget]
 
 
 def concurrency(sweep: Sweep, trials: int) -> tuple[int, str]:
@@ -114,7 +120,7 @@ def concurrency(sweep: Sweep, trials: int) -> tuple[int, str]:
     else, on a fixed cluster, what its nodes hold now."""
     if sweep.resources.max_concurrent:
         return sweep.resources.max_concurrent, "resources.max_concurrent"
-    if (scaled := autoscaled_nodes()) is not None:
+    if (scaled := autoscaled_nodes(sweep)) is not None:
         nodes, source = scaled
         return min(trials, max_concurrent(sweep, nodes)), f"what the cluster holds at its largest, from {source}"
     nodes = alive_nodes()
