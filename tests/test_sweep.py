@@ -216,6 +216,20 @@ def test_storage_that_cannot_be_written_or_read_is_one_line_before_ray_starts(ti
     assert "error: cannot read or write the report in s4://bucket/sweeps/w: " in err and "Traceback" not in err, err
 
 
+def test_a_resume_that_changes_the_sweep_is_refused_naming_the_field(tiny_synth, tmp_path, capsys):
+    # Tune restores a sweep's space, search and trials from its tuner.pkl: a changed sweep file would only
+    # change what the report expects and what the trials read
+    f = tiny_sweep(tmp_path, tiny_synth, "again", {"be.gamma": {"grid": [0.0, 0.3]}})
+    results = tmp_path / "sweeps" / "again"
+    results.mkdir(parents=True)
+    (results / "tuner.pkl").write_bytes(b"")  # a started sweep, as far as the check before Ray goes
+    (results / "sweep.yaml").write_text(yaml.safe_dump(load_sweep(str(f), []).dump(), sort_keys=False))
+    assert main([str(f), "--set", "seeds=3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --resume: {results} was started with other settings (seeds: 1 -> 3); " in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 # -- the report against hand-made results -----------------------------------------------------------
 
 def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
