@@ -216,15 +216,20 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed_fields(saved: dict, new: dict, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Dotted field -> (saved, new) for every leaf of two nested settings trees that differs (a missing one: None)."""
+    a, b = _flat(saved), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k not in ignore}
+
+
 def resume_changes(saved: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """field -> (saved, new) for what ``new`` changes in a run's ``saved`` config; ConfigError
     naming every changed field that a resumed run cannot honour (see RESUMABLE)."""
-    a, b = _flat(saved.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
-    changed = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in ("run.storage", "run.name")}
+    changed = changed_fields(saved.model_dump(mode="json"), new.model_dump(mode="json"), ("run.storage", "run.name"))
     refused = [k for k in changed if k not in RESUMABLE]
     if refused:
         raise ConfigError("cannot change on resume (the checkpoint's optimiser, scheduler and data stream fix it):\n  "
-                          + "\n  ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in refused)
+                          + "\n  ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
                           + f"\nallowed on resume: {', '.join(RESUMABLE)}; or start a new run with this config")
     return changed
 

@@ -80,17 +80,16 @@ def _monitor_config() -> str | None:
     return None
 
 
-def resume_changes(results: str, sweep: Sweep) -> str:
+def sweep_changes(results: str, sweep: Sweep) -> str:
     """What ``sweep`` changes in the sweep stored in ``results`` (``field: stored -> given``, comma-separated;
     empty: nothing). Where its file came from may differ."""
-    from beray.config import _flat
+    from beray.config import changed_fields
 
     stored = st.join(results, "sweep.yaml")
     if st.kind(stored) != "file":
         return ""
-    a, b = _flat(yaml.safe_load(st.read_text(stored)) or {}), _flat(sweep.dump())
-    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-                     if a.get(k) != b.get(k) and k != "source")
+    changed = changed_fields(yaml.safe_load(st.read_text(stored)) or {}, sweep.dump(), ("source",))
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
 
 
 def autoscaled_nodes(sweep: Sweep) -> tuple[list[dict], str] | None:
@@ -210,7 +209,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
         if not resume and state:
             raise ConfigError(f"{results} already holds sweep {sweep.name!r}: continue it with --resume, or give the "
                               "sweep another name (--set name=...)")
-        if resume and (changed := resume_changes(results, sweep)):
+        if resume and (changed := sweep_changes(results, sweep)):
             raise ConfigError(f"--resume: {results} was started with other settings ({changed}); Tune continues a "
                               "sweep with its space, search and trials as they were: resume it unchanged, or start "
                               "a new one (--set name=...)")
