@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -71,15 +72,21 @@ def stat(path: str) -> tuple[int, int]:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write the file whole: a local one through a temporary name renamed into place (a reader never sees
-    half a file), an object through one upload (an object store shows it only once complete)."""
+    """Write the file whole: on a file system (a local path, ``file://``) through a temporary name renamed into
+    place, so that a reader never meets half a file and a failed write leaves the old one and nothing else; an
+    object through one upload (an object store shows it only once complete)."""
     fs, p = _fs(path)
     fs.create_dir(p.rpartition("/")[0], recursive=True)
-    tmp = p if is_uri(path) else f"{p}.{os.getpid()}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    if tmp != p:
-        fs.move(tmp, p)
+    tmp = f"{p}.{os.getpid()}-{threading.get_ident()}.tmp" if isinstance(fs, pafs.LocalFileSystem) else p
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        if tmp != p:
+            fs.move(tmp, p)
+    except BaseException:
+        if tmp != p and fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+        raise
 
 
 def write_text(path: str, text: str) -> None:

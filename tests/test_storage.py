@@ -164,3 +164,22 @@ def test_a_sweep_on_s3_resumes_from_its_state_there_after_its_driver_is_killed(s
 
     again = _beray(env, "beray.sweep", "report", f"s3://{BUCKET}/sweeps/s3sweep")
     assert again.returncode == 0 and "2 finished" in again.stdout, again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("scheme", ["path", "file://"])
+def test_a_file_is_replaced_whole_and_a_failed_write_leaves_the_old_one_and_nothing_else(tmp_path, scheme):
+    from beray import storage as st
+
+    folder = tmp_path / "trials"
+    record = folder / "t1.json"
+    name = record.as_uri() if scheme == "file://" else str(record)
+    st.write_text(name, "old")
+    with open(record) as reader:  # a report reading a record while the sweep rewrites it
+        st.write_text(name, "new")
+        assert reader.read() == "old"  # written in place, it would read the new text or half of it
+    assert record.read_text() == "new"
+    (folder / "t2.json" / "x").mkdir(parents=True)  # a folder in the way: the write fails after its data went out
+    with pytest.raises(st.FAILURES):
+        st.write_text(name.replace("t1.json", "t2.json"), "lost")
+    assert sorted(p.name for p in folder.iterdir()) == ["t1.json", "t2.json"]  # no temporary file left
+    assert record.read_text() == "new"
