@@ -23,7 +23,10 @@ pytestmark = pytest.mark.ray
 # 5 x 3 s, are for real networks): a lost node's actors are reported dead, and its trial restarted, sooner.
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
-EPOCHS = 3
+# A tiny epoch takes half a second here: the victim is picked at its first or second checkpoint, and it must
+# still be training when the node dies (which takes Ray a moment), not resume from its last checkpoint with
+# nothing left to run, so several epochs stay ahead of it.
+EPOCHS = 8
 
 
 def _raylet_pid(node) -> int:
@@ -91,8 +94,9 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_the_surviving_node(t
                    (json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "nodes" / "trials").glob("*.json"))}
         assert len(records) == 2 and all(r["status"] == "finished" for r in records.values()), records
         lost = records[victim.name]
-        assert lost["resumed_from_epoch"] >= 1 and lost["epochs"] == EPOCHS  # continued, not restarted from scratch
-        assert f"resumed   {victim.name}" in out
+        # continued, not restarted from scratch
+        assert 1 <= (lost["resumed_from_epoch"] or 0) < EPOCHS and lost["epochs"] == EPOCHS, (lost, out[-6000:])
+        assert f"resumed   {victim.name}" in out, out[-6000:]
         assert (runs / victim.name / "eval" / "knn-synth-split1.json").is_file()
     finally:
         if "proc" in locals() and proc.poll() is None:
