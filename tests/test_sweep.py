@@ -257,6 +257,7 @@ def test_report_aggregates_seeds_and_marks_stopped_and_failed_trials(tmp_path):
     assert "| 0.3 | 0.6000 | 0.1000 | 3 | +0.100 | 0.8000 | 0.1000 | - | 1 repeat(s) of a seed counted once |" in md
     assert "highest mean test.top1: be.gamma=0.3 (0.6000 +- 0.1000, n=3); with fewer than 3 paired" in md
     assert "best:" not in md
+    assert "1 trial(s) stopped early have no pair: each difference is over the seeds where both points ran" in md
     with open(tmp_path / "results.csv") as fh:
         table = list(csv.DictReader(fh))
     assert float(table[0]["test.top1 mean"]) == pytest.approx(0.6) and float(table[0]["test.top1 std"]) == \
@@ -307,7 +308,7 @@ def test_the_report_pairs_trials_by_seed_and_marks_only_intervals_that_exclude_0
                                         "fame": [0.3, 0.7, 1.1]})
     assert "| gaussian | 0.6200 | 0.3105 | 3 | +0.120 [+0.070, +0.170] * |" in md
     assert "| fame | 0.7000 | 0.4000 | 3 | +0.200 [-0.048, +0.448] |" in md and "| none | 0.5000 | 0.3000 | 3 | baseline |" in md
-    assert "2 comparison(s), 1 marked" in md
+    assert "2 comparison(s), 1 marked" in md and "have no pair" not in md
     assert "best: be.noise=gaussian (test.top1 0.6200 +- 0.3105, n=3): its paired difference" in md  # not fame
     md = _write(tmp_path / "b", sweep.model_copy(update={"baseline": {"be.noise": "fame"}}),
                 {"none": [0.2, 0.5], "gaussian": [0.3, 0.6], "fame": [0.3, 0.7]})

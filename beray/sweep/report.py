@@ -275,6 +275,9 @@ def reading(rows: list[PointResult], sweep: Sweep) -> list[str]:
                         f"no interval below {MIN_PAIRS} pairs"
                         + (" or where every pair differs alike" if any(d.n >= MIN_PAIRS for d in pairs) else "")
                         + ": the differences themselves are shown"))
+        if stopped := sum(p.stopped for p in rows):  # ASHA: a pair exists only where both trials survived its rungs
+            lines.append(f"{stopped} trial(s) stopped early have no pair: each difference is over the seeds where "
+                         "both points ran to the end, the survivors of the scheduler's rungs, not every seed drawn")
     if most < 2:
         lines.append("one seed cannot rank the points: a difference between them carries no spread, and a "
                      "two-epoch run's can follow the processor's rounding (run seeds: 3 or more)")
