@@ -103,6 +103,18 @@ def wait_for(predicate, timeout_s: float, poll_s: float = 0.2) -> bool:
     return False
 
 
+def saved_an_ended_trial(state_json: str) -> bool:
+    """Whether Tune's saved state (an ``experiment_state-*.json``, read whole) has a trial that ended: a driver
+    killed after that resumes without it. (A save's time alone can belong to a copy begun before the end.)"""
+    import json
+
+    try:
+        return any(json.loads(state).get("status") == "TERMINATED"
+                   for state, _ in json.loads(state_json)["trial_data"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False  # caught mid-write, or not yet a state
+
+
 # Every line that beray's train and sweep commands print, by its start: their own lines, the sweep's
 # report (markdown), and blank lines. Anything else on their console is Ray's and belongs in the log.
 BERAY_LINE = re.compile(r"(beray: |epoch \d|resuming from |done: |  (checkpoint|config|TensorBoard|resume|run folder): "

@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import _free_port, foreign_lines, tiny_overrides, tiny_sweep, wait_for
+from conftest import _free_port, foreign_lines, saved_an_ended_trial, tiny_overrides, tiny_sweep, wait_for
 
 BUCKET = "beray"
 
@@ -129,21 +129,21 @@ def test_a_sweep_on_s3_resumes_from_its_state_there_after_its_driver_is_killed(s
     f.write_text(yaml.safe_dump(tree))
     prefix = "sweeps/s3sweep/"
 
-    def saves() -> list[str]:
-        return [o["LastModified"] for o in _client(s3).list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-                if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state-")]
+    def saved_the_end() -> bool:
+        client = _client(s3)
+        return any(saved_an_ended_trial(client.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode())
+                   for k in _keys(s3, prefix) if k.rsplit("/", 1)[-1].startswith("experiment_state-"))
 
     proc = subprocess.Popen([sys.executable, "-m", "beray.sweep", str(f)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         finished = wait_for(lambda: any(r["status"] == "finished" for r in _records(s3, prefix + "trials/")), 400, 1.0)
-        saved = max(saves(), default=None)
-        wait_for(lambda: max(saves(), default=None) != saved, 20, 0.5)  # a save of Tune's state after the finish
+        saved = wait_for(saved_the_end, 20, 0.5)  # a save of Tune's state to the bucket that has the first trial ended
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = [r for r in _records(s3, prefix + "trials/") if r["status"] == "finished"]
-    assert finished and len(first) == 1, proc.stdout.read()[-3000:]
+    assert finished and saved and len(first) == 1, proc.stdout.read()[-3000:]
     done = first[0]["trial_id"]
     assert first[0]["run_dir"] == f"s3://{BUCKET}/{prefix}runs/{done}"
     checkpoints = [k for k in _keys(s3, f"{prefix}runs/{done}/") if "/checkpoint_" in k]

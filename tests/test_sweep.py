@@ -18,7 +18,7 @@ import yaml
 
 from beray.sweep.__main__ import main
 from beray.sweep.driver import max_concurrent
-from conftest import foreign_lines, tiny_sweep, wait_for
+from conftest import foreign_lines, saved_an_ended_trial, tiny_sweep, wait_for
 from beray.sweep.report import aggregate, write_report
 from beray.sweep.spec import Sweep, load_sweep
 
@@ -413,11 +413,7 @@ def test_a_trial_whose_loss_diverges_is_recorded_failed_at_once_not_retried(ray_
     assert "retrying" not in out and "failed    " in out and "1 failed" in out
 
 
-def _last_save(results: Path) -> float:
-    """When Tune last saved the sweep's state (0: never)."""
-    return max((p.stat().st_mtime for p in results.glob("experiment_state-*.json")), default=0)
-
-
+@pytest.mark.timeout(600)  # three drivers, three Train starts and two evaluations: 80 s here
 def test_a_killed_driver_resumes_with_only_the_packs_left_and_a_failing_member_or_pack_is_reported(
         ray_cluster, tiny_synth, tmp_path):
     # Two packs (a decode limit is part of the stream) of two members (tau 0.2, and tau 1e-45, whose loss
@@ -439,14 +435,14 @@ def test_a_killed_driver_resumes_with_only_the_packs_left_and_a_failing_member_o
     try:
         finished = wait_for(lambda: any(r["status"] == "finished" for r in
                                         (_records(results) if (results / "trials").is_dir() else [])), 200)
-        saved = _last_save(results)
-        # Tune saves its state every second (TUNE_GLOBAL_CHECKPOINT_S): wait for a save after the finish
-        wait_for(lambda: _last_save(results) > saved, 10)
+        # Tune saves its state every second (TUNE_GLOBAL_CHECKPOINT_S): wait for a save that has the pack ended
+        saved = wait_for(lambda: any(saved_an_ended_trial(p.read_text()) for p in results.glob("experiment_state-*.json")),
+                         20)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = [r for r in _records(results) if r["status"] == "finished"]
-    assert finished and len(first) == 1, proc.stdout.read()[-3000:]
+    assert finished and saved and len(first) == 1, proc.stdout.read()[-3000:]
     done_id = first[0]["trial_id"].split("/")[0]  # TRIAL/MEMBER: the pack's trial
     checkpoints = sorted((results / "runs" / done_id).glob("checkpoint_*"))
     res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f), "--resume"], env=env, capture_output=True,
