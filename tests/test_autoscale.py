@@ -83,6 +83,11 @@ def test_a_sweep_started_on_the_head_alone_runs_as_many_trials_as_the_autoscaler
                          text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "at most 2 job(s) at once: what the cluster holds at its largest, from the autoscaler's config" in dry.stdout
+    # a driver that is not on the head (another node, a laptop through Ray Client) has a task read it there
+    probe = subprocess.run([sys.executable, "-c", "import ray; from beray.sweep.driver import _monitor_config; "
+                            "ray.init(logging_level='ERROR'); path, tree = _monitor_config(on_head=False); "
+                            "print(path, tree['max_workers'])"], env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.split() == [str(tmp_path / "autoscaler.json"), "2"], probe.stdout + probe.stderr[-3000:]
     res = subprocess.run([sys.executable, "-m", "beray.sweep", str(f)], env=env, capture_output=True, text=True,
                          timeout=500)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

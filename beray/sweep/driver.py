@@ -64,9 +64,26 @@ def alive_nodes() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
-def _monitor_config() -> str | None:
-    """The file the autoscaler (v1, as ``ray up`` starts it) reads its node types from: the ``--autoscaling-config``
-    of this cluster's monitor process (on the head, where a sweep's driver runs)."""
+def _monitor_config(on_head: bool | None = None) -> tuple[str, dict] | None:
+    """(path, contents) of the file the autoscaler (v1, as ``ray up`` starts it) reads its node types from: the
+    ``--autoscaling-config`` of this cluster's monitor process. The monitor runs on the head: where the driver
+    runs elsewhere (another node, a laptop through Ray Client) it is read there, by a task (``on_head``: the
+    driver's node is the head; None: ask Ray)."""
+    import ray
+
+    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
+    if on_head is None:
+        on_head = ray.get_runtime_context().get_node_id() == head
+    if on_head or head is None:
+        return _read_monitor_config()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    read = ray.remote(num_cpus=0, max_retries=0)(_read_monitor_config)
+    return ray.get(read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote())
+
+
+def _read_monitor_config() -> tuple[str, dict] | None:
+    """``_monitor_config`` on the head node."""
     import psutil
     import ray
 
@@ -76,7 +93,9 @@ def _monitor_config() -> str | None:
         if gcs in cmd and any(c.endswith("autoscaler/_private/monitor.py") for c in cmd):
             for c in cmd:
                 if c.startswith("--autoscaling-config="):
-                    return os.path.expanduser(c.split("=", 1)[1])
+                    path = os.path.expanduser(c.split("=", 1)[1])
+                    with open(path) as f:
+                        return path, yaml.safe_load(f)
     return None
 
 
@@ -103,9 +122,8 @@ def autoscaled_nodes(sweep: Sweep) -> tuple[list[dict], str] | None:
     if config is not None and config.node_group_configs:
         groups, budget = [(dict(g.resources), g.max_count) for g in config.node_group_configs], -1
         source = "the autoscaler's node groups"
-    elif path := _monitor_config():
-        with open(path) as f:
-            tree = yaml.safe_load(f)
+    elif found := _monitor_config():
+        path, tree = found
         types, budget = tree.get("available_node_types") or {}, tree.get("max_workers", -1)
         groups = [(t.get("resources") or {}, t.get("max_workers", budget)) for name, t in types.items()
                   if name != tree.get("head_node_type")]
