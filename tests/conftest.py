@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -287,18 +288,44 @@ def tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> 
     return f
 
 
+@contextmanager
+def scraped(port: int, prefixes: tuple[str, ...], every_s: float = 2.0):
+    """Ray's Prometheus endpoint on ``port`` scraped every ``every_s`` while the block runs, as Prometheus would:
+    yields the list of scrapes, each the lines that start with ``prefixes``. (Ray drops a gauge some 20 s after
+    its last update: a scrape after a run has ended may find nothing.)"""
+    import threading
+    import urllib.request
+
+    scrapes, stop = [], threading.Event()
+
+    def scrape():
+        while not stop.is_set():
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+                scrapes.append("\n".join(line for line in text.splitlines() if line.startswith(prefixes)))
+            except OSError:
+                pass
+            stop.wait(every_s)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        yield scrapes
+    finally:
+        stop.set()
+        scraper.join()
+
+
 @pytest.fixture(scope="session")
 def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     """One real 2 x 2 sweep (gamma x noise, 4 points trained as one pack) on a copy of the tiny set whose first training video
     is cut short, run once and checked several ways (the sweep tests, the Grafana dashboard's metrics).
-    Ray's Prometheus endpoint is scraped every 2 s while it runs, as Prometheus would ("scrapes": the
-    ``ray_beray_``/``ray_node_`` lines of each): Ray drops a gauge some 20 s after its last update."""
+    Ray's Prometheus endpoint is scraped while it runs (``scraped``; "scrapes": the ``ray_beray_``/``ray_node_``
+    lines of each)."""
     import contextlib
     import io
     import re
     import shutil
-    import threading
-    import urllib.request
 
     from beray.sweep.__main__ import main
 
@@ -308,28 +335,13 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
     first = data / (data / "train.csv").read_text().splitlines()[1].split(",")[0]
     first.write_bytes(first.read_bytes()[:200])  # unreadable: skipped, counted, named
     f = tiny_sweep(tmp, data, "grid", {"be.gamma": {"grid": [0.0, 0.3]}, "be.noise": {"grid": ["intra_frame", "gaussian"]}})
-    scrapes, stop = [], threading.Event()
-
-    def scrape():
-        while not stop.is_set():
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics",
-                                              timeout=10).read().decode()
-                scrapes.append("\n".join(l for l in text.splitlines() if l.startswith(("ray_beray_", "ray_node_"))))
-            except OSError:
-                pass
-            stop.wait(2)
-
-    scraper = threading.Thread(target=scrape, daemon=True)
-    scraper.start()
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(f)])
-    done = re.compile(r'ray_beray_sweep_trials\{[^}]*state="finished",sweep="grid"\} 4(\.0)?$', re.M)
-    # the last trial counts reach the endpoint within Ray's export interval
-    wait_for(lambda: bool(scrapes and done.search(scrapes[-1])), 60, poll_s=0.5)
-    stop.set()
-    scraper.join()
+    with scraped(ray_cluster["metrics_port"], ("ray_beray_", "ray_node_")) as scrapes:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(f)])
+        done = re.compile(r'ray_beray_sweep_trials\{[^}]*state="finished",sweep="grid"\} 4(\.0)?$', re.M)
+        # the last trial counts reach the endpoint within Ray's export interval
+        wait_for(lambda: bool(scrapes and done.search(scrapes[-1])), 60, poll_s=0.5)
     return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "results": tmp / "sweeps" / "grid", "file": f,
             "skipped": str(first), "scrapes": scrapes}
 

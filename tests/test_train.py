@@ -8,12 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import foreign_lines, registered_checkpoints, tiny_overrides, wait_for
+from conftest import foreign_lines, registered_checkpoints, scraped, tiny_overrides, wait_for
 from tbevents import read_events
 
 from beray.config import load_config
@@ -27,11 +26,20 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
 
 
+def _exported(scrapes: list[str], metric: str) -> list[float]:
+    """The values of ``metric`` (``ray_beray_NAME{``) that the ``cli`` run's workers exported, over every scrape."""
+    return [float(line.rsplit(" ", 1)[1]) for text in scrapes for line in text.splitlines()
+            if line.startswith(metric) and 'run="cli"' in line]
+
+
 def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
-    res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
-                          *sum((["--set", o] for o in tiny_overrides(tiny_synth, tmp_path, "cli")), [])],
-                         capture_output=True, text=True, env=env, timeout=600)
+    metrics = ("ray_beray_clips_per_s{", "ray_beray_data_wait_fraction{")
+    with scraped(ray_cluster["metrics_port"], metrics, every_s=0.5) as scrapes:
+        res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
+                              *sum((["--set", o] for o in tiny_overrides(tiny_synth, tmp_path, "cli")), [])],
+                             capture_output=True, text=True, env=env, timeout=600)
+        wait_for(lambda: all(_exported(scrapes, m) for m in metrics), 30, 0.5)  # an export may follow the run's end
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run_dir = tmp_path / "cli"
     # the console holds beray's lines alone (the epoch lines of rank 0 among them); Ray's are in the run's log
@@ -51,15 +59,7 @@ def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, t
     assert len(events["epoch/loss"]) == 2
     assert f"checkpoint:  {ckpts[-1]}" in res.stdout and "tensorboard --logdir" in res.stdout
     # the workers' Ray metrics reach the Prometheus endpoint
-    text = ""
-    for _ in range(30):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics").read().decode()
-        if "ray_beray_clips_per_s" in text and "ray_beray_data_wait_fraction" in text:
-            break
-        time.sleep(1)
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("ray_beray_clips_per_s{") and 'run="cli"' in line]
-    assert values and max(values) > 0
+    assert max(_exported(scrapes, metrics[0]), default=0) > 0 and _exported(scrapes, metrics[1])
 
 
 def _kill_a_worker_once_a_checkpoint_exists(run_dir: Path, killed: list) -> None:
