@@ -152,6 +152,10 @@ class Config(_Section):
         if self.optim.batch_size % self.run.workers:
             raise ValueError(f"optim.batch_size ({self.optim.batch_size}) must be divisible by run.workers "
                              f"({self.run.workers})")
+        if self.run.workers > 1 and 0 < self.run.gpus_per_worker < 1:
+            raise ValueError(f"run.gpus_per_worker={self.run.gpus_per_worker:g} with run.workers={self.run.workers}: "
+                             "Ray may put two DDP workers on one GPU, which NCCL refuses; give each worker a whole "
+                             "GPU (run.gpus_per_worker=1), or use one worker")
         if self.method.name == "finetune" and self.method.num_classes is None:
             raise ValueError("method.num_classes is required for method finetune")
         if self.data.dataset != "synth" and self.data.root is None:

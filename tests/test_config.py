@@ -61,6 +61,12 @@ def test_bad_config_names_the_field(override, message):
     assert message in str(e.value)
 
 
+def test_workers_sharing_a_gpu_are_refused_before_ray_starts():
+    with pytest.raises(ConfigError, match=r"run.gpus_per_worker=0.5 with run.workers=2: .* which NCCL refuses"):
+        load_config(overrides=["run.workers=2", "run.gpus_per_worker=0.5"])
+    assert load_config(overrides=["run.workers=1", "run.gpus_per_worker=0.5"]).run.gpus_per_worker == 0.5
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
