@@ -57,6 +57,17 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, tiny_synth):
     res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", str(tmp_path / "nothing")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and "is not a beray run" in res.stderr
+    (run / "members.yaml").write_text("- [be.gamma=0.1]\n")  # r, a pack: its member's folder has a config too
+    (run / "gamma-0.1").mkdir()
+    (run / "gamma-0.1" / "config.yaml").write_text((run / "config.yaml").read_text())
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", str(run / "gamma-0.1")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and f"gamma-0.1 is a member of the pack {run}; resume the pack: " in res.stderr, \
+        res.stderr
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--resume", "nosuch://bucket/r"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: --resume nosuch://bucket/r: cannot read it: "), \
+        res.stderr
 
 
 def test_storage_uri_holds_the_run_and_videos_too_short_for_a_hard_negative_are_counted(ray_cluster, tiny_synth,

@@ -48,9 +48,14 @@ def parse(argv: list[str] | None) -> tuple[Config, str | None, bool, list[list[s
 
         parent, name = st.split(args.resume)
         try:
+            if load_members(parent):  # its checkpoints are the pack's: resumed alone, it would start afresh in there
+                raise ConfigError(f"--resume {args.resume}: {name} is a member of the pack {parent}; resume the "
+                                  f"pack: python -m beray.train --resume {parent}")
             saved = load_run_config(args.resume)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
+        except st.FAILURES as e:  # a store that cannot be read: credentials, an unknown scheme
+            raise ConfigError(f"--resume {args.resume}: cannot read it: {e}") from None
         base = saved.model_dump(mode="json")
         base["run"].update(storage=parent, name=name)
         cfg = load_config(overrides=overrides, base=base)
