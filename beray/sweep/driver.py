@@ -70,16 +70,25 @@ def _monitor_config(on_head: bool | None = None) -> tuple[str, dict] | None:
     runs elsewhere (another node, a laptop through Ray Client) it is read there, by a task (``on_head``: the
     driver's node is the head; None: ask Ray)."""
     import ray
+    import ray.util.client
 
-    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
-    if on_head is None:
-        on_head = ray.get_runtime_context().get_node_id() == head
+    head = _head_node()
+    if on_head is None:  # a Ray Client driver's runtime context is its server's, on the head: it runs elsewhere
+        on_head = not ray.util.client.ray.is_connected() and ray.get_runtime_context().get_node_id() == (
+            head or {}).get("NodeID")
     if on_head or head is None:
         return _read_monitor_config()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     read = ray.remote(num_cpus=0, max_retries=0)(_read_monitor_config)
-    return ray.get(read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote())
+    return ray.get(read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head["NodeID"], soft=False)).remote())
+
+
+def _head_node() -> dict | None:
+    """The head node's entry in ``ray.nodes()`` (None while it is not alive)."""
+    import ray
+
+    return next((n for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
 
 
 def _read_monitor_config() -> tuple[str, dict] | None:
@@ -117,7 +126,7 @@ def autoscaled_nodes(sweep: Sweep) -> tuple[list[dict], str] | None:
     import ray
     import ray._private.state
 
-    head = [n["Resources"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+    head = [h["Resources"]] if (h := _head_node()) else []
     config = ray._private.state.state.get_cluster_config()  # autoscaler v2 (KubeRay, ...)
     if config is not None and config.node_group_configs:
         groups, budget = [(dict(g.resources), g.max_count) for g in config.node_group_configs], -1
