@@ -39,7 +39,8 @@ def test_cli_two_workers_two_epochs_joins_the_cluster(ray_cluster, tiny_synth, t
         res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
                               *sum((["--set", o] for o in tiny_overrides(tiny_synth, tmp_path, "cli")), [])],
                              capture_output=True, text=True, env=env, timeout=600)
-        wait_for(lambda: all(_exported(scrapes, m) for m in metrics), 30, 0.5)  # an export may follow the run's end
+        if res.returncode == 0:  # an export may follow the run's end
+            wait_for(lambda: all(_exported(scrapes, m) for m in metrics), 30, 0.5)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run_dir = tmp_path / "cli"
     # the console holds beray's lines alone (the epoch lines of rank 0 among them); Ray's are in the run's log
@@ -153,6 +154,17 @@ def test_gpus_that_a_local_ray_would_not_have_are_refused_before_it_starts(tiny_
         "error: run.gpus_per_worker=1 with 1 worker(s) needs 1 GPU(s), but this machine has 0 and beray would "
         "start Ray on it; set run.gpus_per_worker=0, or join a cluster with GPUs (RAY_ADDRESS)"]
     assert "Ray instance" not in res.stdout + res.stderr and not (tmp_path / "gpu").exists()  # no Ray, no files
+
+
+def test_a_pretrained_file_of_another_backbone_is_refused_before_ray_starts(tiny_synth, tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"model": {"backbone.stem.weight": torch.zeros(4, 3, 1, 1, 1)}, "config": {}}, other)
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--set", f"model.pretrained={other}", "--set",
+                          f"data.root={tiny_synth}", "--set", f"run.storage={tmp_path}", "--set", "run.name=ft"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[0].startswith(
+        f"error: model.pretrained: {other} does not hold a r3d_18 x0.125 backbone"), res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "ft").exists()  # no Ray, no files
 
 
 def test_joining_a_cluster_without_the_gpus_says_once_that_it_waits(ray_cluster, tiny_synth, tmp_path):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from beray import storage as st
+from beray.config import ModelConfig
 
 STATE_FILE = "state.pt"
 PACK_FILE = "pack.json"  # in a pack's checkpoints: the epoch and the members that failed, with why
@@ -149,6 +150,13 @@ def load_weights(model: nn.Module, weights: dict, source: str | Path, expected: 
         raise CheckpointError(f"{source} does not hold {expected}"
                               + (f" ({missing} kind(s) of mismatch: missing keys or shapes)" if missing else "")
                               ) from None
+
+
+def load_pretrained(backbone: nn.Module, model: ModelConfig) -> None:
+    """Fine-tuning's start (Sec. 4.1): the backbone of checkpoint ``model.pretrained`` into ``backbone``, the head
+    left new; a one-line CheckpointError for a file that is not a checkpoint, or of another backbone."""
+    state, f = read_state(model.pretrained)
+    load_weights(backbone, backbone_weights(state), f, f"a {model.backbone} x{model.width} backbone")
 
 
 def backbone_weights(state: dict) -> dict:

@@ -79,6 +79,8 @@ def make_trainer(cfg: Config, name: str, callbacks: list = (), echo: bool = Fals
                               f"run.name. {e}") from None
     if why := missing_local_gpus(cfg.run.gpus_per_worker, cfg.run.workers):
         raise ConfigError(why)
+    if saved is None:  # a resumed run takes its weights from its checkpoint, not from model.pretrained
+        check_pretrained(pack)
     try:
         st.write_text(st.join(directory, "config.yaml"), to_yaml(cfg))
         if members:
@@ -166,6 +168,25 @@ def _echo(state, stop: threading.Event, every_s: float = 0.5) -> None:
         shown += len(lines)
         if stopping:
             return
+
+
+def check_pretrained(pack) -> None:
+    """Each member's ``model.pretrained`` loaded as its workers will load it, once per file and backbone: one that
+    is not a checkpoint of that backbone, or cannot be read, is a ConfigError before Ray starts, not a worker
+    error after Ray Train's restarts."""
+    from beray.models import build_backbone
+    from beray.train.checkpoint import CheckpointError, load_pretrained
+
+    seen = set()
+    for m in pack:
+        c = m.cfg.model
+        if not c.pretrained or (c.pretrained, c.backbone, c.width) in seen:
+            continue
+        seen.add((c.pretrained, c.backbone, c.width))
+        try:
+            load_pretrained(build_backbone(c.backbone, c.width), c)
+        except (CheckpointError, *st.FAILURES) as e:
+            raise ConfigError(f"{'member ' + m.name + ': ' if m.name else ''}model.pretrained: {e}") from None
 
 
 def load_members(directory: str) -> list[list[str]]:

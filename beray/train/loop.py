@@ -32,8 +32,7 @@ import torch.distributed as dist
 from beray.config import Config
 from beray.augment.be import add_noise
 from beray.methods.build import build_method, encoder, make_optimizer, train_step
-from beray.train.checkpoint import (PACK_FILE, backbone_weights, carry_state, load_state, load_weights,
-                                    read_state, save_state)
+from beray.train.checkpoint import PACK_FILE, carry_state, load_pretrained, load_state, save_state
 from beray.train.epochs import EpochStream
 from beray.train.monitor import Monitor, say
 
@@ -88,14 +87,13 @@ def _rng_state(device: torch.device) -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
-def _build_member(name: str, saved: dict, config: dict, rank: int, device: torch.device, tell) -> _Member:
+def _build_member(name: str, saved: dict, config: dict, rank: int, device: torch.device, tell,
+                  resuming: bool) -> _Member:
     cfg = Config.model_validate(saved)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and in any pack (DDP broadcasts rank 0's)
     model = build_method(cfg)
-    if cfg.model.pretrained:  # fine-tuning: the pre-trained backbone, a new head (Sec. 4.1)
-        state, f = read_state(cfg.model.pretrained)
-        load_weights(encoder(model), backbone_weights(state), f,
-                     f"a {cfg.model.backbone} x{cfg.model.width} backbone")
+    if cfg.model.pretrained and not resuming:  # fine-tuning: the pre-trained backbone, a new head (Sec. 4.1)
+        load_pretrained(encoder(model), cfg.model)
     model = ray.train.torch.prepare_model(model)
     o = cfg.optim
     optimizer = make_optimizer(model, cfg)
@@ -130,10 +128,10 @@ def train_loop_per_worker(config: dict) -> list[dict]:
         else:
             say(line)
 
-    members = [_build_member(n, c, config, rank, device, tell) for n, c in config["members"]]
+    checkpoint = ray.train.get_checkpoint()  # resuming: the weights come from it, not from model.pretrained
+    members = [_build_member(n, c, config, rank, device, tell, checkpoint is not None) for n, c in config["members"]]
     solo = len(members) == 1 and not members[0].name
     start_epoch, global_step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             pack = json.loads((Path(d) / PACK_FILE).read_text()) if not solo else {}
