@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,22 @@ def test_a_run_whose_loss_diverges_stops_at_once_saying_where_without_restarts(r
     run_dir = tmp_path / "nan"
     assert _checkpoints(run_dir) == []  # nothing to resume from: the failed epoch saves nothing
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1  # one attempt: Ray Train restarted nothing
+
+
+def test_a_run_without_a_readable_batch_stops_at_once_as_the_user_s_data_error(ray_cluster, tiny_synth, tmp_path):
+    # a decode limit of a microsecond: every video is unreadable, at every attempt
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+    res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny", *sum(
+        (["--set", o] for o in [*tiny_overrides(tiny_synth, tmp_path, "blind"), "data.decode_timeout_s=1e-6"]), [])],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr  # no traceback
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.match(r"error: epoch 1 had no full batch of 2 clips on a worker: the data has "
+                                         r"fewer readable videos than optim\.batch_size( \(\d+ unreadable, e\.g\. /.+\))?$",
+                                         errors[0]), errors
+    assert "restart" not in res.stderr and _checkpoints(tmp_path / "blind") == []
+    assert len(list((tmp_path / "blind" / "tensorboard").glob("events.*"))) == 1  # one attempt: nothing restarted
 
 
 def test_a_killed_worker_resumes_every_member_and_bad_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):

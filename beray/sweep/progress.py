@@ -100,7 +100,7 @@ class SweepProgress(Callback):
                 self._write(key, point, seed, "running", started=self.started[key])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("finished"):
+        if result.get("finished") or result.get("no_data"):  # no_data: the trial's end reports it failed
             return
         resumed = result.get("resumed_from_epoch") or 0
         if resumed and self.resumed.get(trial.trial_id) != resumed:  # a new attempt of its run

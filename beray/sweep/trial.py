@@ -62,6 +62,7 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from beray import storage as st
+    from beray.data.datasets import DatasetError
     from beray.eval.extract import decode_spent
     from beray.sweep.spec import _sets
     from beray.train.launch import fit
@@ -75,8 +76,8 @@ def run_trial(config: dict, sweep: dict, runs: str) -> None:
     try:
         info = fit(cfg, name, callbacks=[TuneReportCallback()],
                    members=[_sets(p) for _, p, _ in members] if packed else [])
-    except FloatingPointError as e:  # a trial of one point whose loss went non-finite: failed, and not retried
-        tune.report({"failed": {"": str(e)}, "finished": True})
+    except (FloatingPointError, DatasetError) as e:  # a loss gone non-finite (a run of one), or no full batch:
+        tune.report({"failed": {m: str(e) for m, _, _ in members}, "finished": True})  # failed, and not retried
         return
     failed = info.metrics.get("failed", {})
     live = [m for m, _, _ in members if m not in failed]

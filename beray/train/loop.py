@@ -203,9 +203,6 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                 m.monitor.step(epoch, n_steps - 1, global_step, {
                     "loss": loss, "lr": m.optimizer.param_groups[0]["lr"], "clips_per_s": world * per_worker / (t2 - t0),
                     "step_time_s": t2 - t0, "data_wait_fraction": (t1 - t0) / (t2 - t0), **logged})
-        if n_steps == 0 and live:
-            raise RuntimeError(f"epoch {epoch + 1} had no full batch of {per_worker} clips on worker {rank}: "
-                               "the data has fewer readable videos than optim.batch_size")
         elapsed = time.perf_counter() - t_epoch
         skipped = ray.get(data.drain.remote(epoch)) if rank == 0 else {}
         shared = {"epoch": epoch + 1, "steps": n_steps, "clips": world * per_worker * n_steps,
@@ -213,6 +210,14 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
                   "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch,
                   "node": ray.get_runtime_context().get_node_id()}  # where rank 0 trains (a sweep's records keep it)
+        if n_steps == 0 and live:  # every rank alike (any_rank); not raised: Ray Train's restarts would decode the
+            # same data to the same end. No checkpoint: with the data mended, a resume continues from the last one.
+            unreadable = f" ({len(skipped)} unreadable, e.g. {sorted(skipped)[0]})" if skipped else ""
+            metrics = {**shared, "no_data": f"epoch {epoch + 1} had no full batch of {per_worker} clips on a worker: "
+                                            f"the data has fewer readable videos than optim.batch_size{unreadable}"}
+            history.append(metrics)
+            ray.train.report(metrics)
+            break
         per_member = {}
         for m in live:
             lr = m.optimizer.param_groups[0]["lr"]
