@@ -17,7 +17,7 @@ from beray import storage
 from beray.config import Config, format_errors, load_config
 from beray.methods.build import build_method
 from beray.models import build_backbone
-from beray.train.checkpoint import CheckpointError, backbone_weights, load_weights, read_state
+from beray.train.checkpoint import CheckpointError, load_backbone, load_weights, read_state
 
 
 @dataclass
@@ -79,10 +79,8 @@ def eval_config(source: Source, dataset: str | None = None, root: str | None = N
 def backbone_of(source: Source) -> tuple[nn.Module, dict]:
     """The checkpoint's backbone (an untrained one of the same shape) and its trained weights."""
     c = source.config.model
-    weights = backbone_weights(source.state)
     net = build_backbone(c.backbone, c.width)
-    load_weights(net, weights, source.path, f"a {c.backbone} x{c.width} backbone")  # checks now, not in an actor
-    return net, weights
+    return net, load_backbone(net, source.state, source.path, c)  # checks now, not in an actor
 
 
 def classifier_of(source: Source) -> tuple[nn.Module, dict]:

@@ -155,8 +155,15 @@ def load_weights(model: nn.Module, weights: dict, source: str | Path, expected: 
 def load_pretrained(backbone: nn.Module, model: ModelConfig) -> None:
     """Fine-tuning's start (Sec. 4.1): the backbone of checkpoint ``model.pretrained`` into ``backbone``, the head
     left new; a one-line CheckpointError for a file that is not a checkpoint, or of another backbone."""
-    state, f = read_state(model.pretrained)
-    load_weights(backbone, backbone_weights(state), f, f"a {model.backbone} x{model.width} backbone")
+    load_backbone(backbone, *read_state(model.pretrained), model)
+
+
+def load_backbone(backbone: nn.Module, state: dict, source: str, model: ModelConfig) -> dict:
+    """The backbone weights of checkpoint ``state`` (read from ``source``) loaded into ``backbone``, a
+    ``model.backbone`` of ``model.width``; returns them. CheckpointError where they do not fit."""
+    weights = backbone_weights(state)
+    load_weights(backbone, weights, source, f"a {model.backbone} x{model.width} backbone")
+    return weights
 
 
 def backbone_weights(state: dict) -> dict:
