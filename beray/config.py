@@ -44,6 +44,7 @@ class DataConfig(_Section):
     decode_cpus: float = Field(1.0, gt=0)  # CPUs per decode task
     clips_per_task: int | None = Field(None, ge=1)  # clips per decode task (None: one worker's share of a batch)
     decode_timeout_s: float = Field(60.0, gt=0)  # a video that takes longer is abandoned as bad
+    stall_timeout_s: float | None = Field(300.0, gt=0)  # a pipeline that delivers no batch for this long stops the run
     prefetch_batches: int = Field(2, ge=0)  # decoded blocks (of data.clips_per_task clips) a worker holds ready
     synth: dict[str, Any] = {}  # BackgroundBias-Synth generator options (SynthConfig), when root is None
 
@@ -208,7 +209,7 @@ class ConfigError(Exception):
 # optimiser and scheduler state override lr and its schedule) or by the data stream (seed, clips).
 # Changing run.workers keeps the global batch but not the exact stream of batches.
 RESUMABLE = ("optim.epochs", "data.root", "data.decode_concurrency", "data.decode_cpus", "data.clips_per_task",
-             "data.decode_timeout_s",
+             "data.decode_timeout_s", "data.stall_timeout_s",
              "data.prefetch_batches", "run.workers", "run.gpus_per_worker", "run.cpus_per_worker", "run.torch_threads",
              "run.max_failures", "run.log_every", "run.images_every", "run.max_steps_per_epoch")
 

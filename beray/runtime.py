@@ -98,3 +98,45 @@ def pin_data_coordinator() -> None:
         ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(coordinator._AutoscalingCoordinatorActor).options(
             name="AutoscalingCoordinator", namespace="AutoscalingCoordinator", get_if_exists=True, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+
+
+
+
+def holders() -> list[tuple[str, str, dict[str, float]]]:
+    """What holds the cluster's CPUs and GPUs, from Ray's state API: (kind, name, resources) of each running task
+    (kind ``task FUNCTION``) and live actor (``actor CLASS``) that asks for any, and of each placement group that is
+    not removed and runs none of them (``placement group``: CPUs reserved for what has not started)."""
+    from ray.util.state import list_actors, list_placement_groups, list_tasks
+
+    def kept(res: dict) -> dict[str, float]:  # inside a placement group an actor asks for CPU_group_<id>
+        out: dict[str, float] = {}
+        for k, v in (res or {}).items():
+            if (base := k.split("_group_")[0]) in ("CPU", "GPU") and v:
+                out[base] = max(out.get(base, 0), v)
+        return out
+
+    every = dict(filters=None, detail=True, limit=10_000, raise_on_missing_output=False)
+    actors = list_actors(**{**every, "filters": [("state", "!=", "DEAD")]})
+    tasks = list_tasks(**{**every, "filters": [("state", "=", "RUNNING")]})
+    out = [(f"actor {a.class_name.rsplit('.', 1)[-1]}", a.name or a.actor_id[:8], kept(a.required_resources))
+           for a in actors]
+    out += [(f"task {t.func_or_class_name}", t.task_id[:8], kept(t.required_resources)) for t in tasks]
+    busy = {x.placement_group_id for x in [*actors, *tasks] if kept(x.required_resources)}
+    for p in list_placement_groups(**{**every, "filters": [("state", "!=", "REMOVED")]}):
+        if p.placement_group_id not in busy:
+            total: dict[str, float] = {}
+            for b in p.bundles:
+                for k, v in kept(b.get("unit_resources", {})).items():
+                    total[k] = total.get(k, 0) + v
+            out.append(("placement group", p.name or p.placement_group_id, total))
+    return [(kind, name, res) for kind, name, res in out if res]
+
+def describe_holders(most: int = 6) -> str:
+    """One line: the cluster's free CPUs (and GPUs), and what holds the rest, by kind (``holders``)."""
+    from collections import Counter
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    line = ", ".join(f"{free.get(k, 0):g} of {total[k]:g} {k}s free" for k in ("CPU", "GPU") if total.get(k))
+    kinds = Counter((kind, tuple(sorted(res.items()))) for kind, _, res in holders())
+    held = [f"{n} x {kind} ({', '.join(f'{v:g} {k}' for k, v in res)})" for (kind, res), n in kinds.most_common(most)]
+    return f"{line}; held by: {'; '.join(held) or 'nothing that Ray lists'}"

@@ -129,13 +129,24 @@ def test_trials_that_read_the_same_stream_group_into_packs_and_the_dry_run_lists
     assert "2 pack(s) of at most 4" in out and out.count("2 member(s), model and optimiser state ~") == 2
 
 
-def test_concurrency_counts_whole_workers_per_node_and_leaves_a_decode_task_room():
-    def trials(nodes, **resources):
-        sweep = Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
-                                      "resources": resources})  # cpu-tiny: a decode task holds 0.5 CPU
-        return max_concurrent(sweep, nodes)
+def test_concurrency_counts_whole_workers_per_node_and_leaves_each_trial_its_decode_tasks():
+    from beray.sweep.driver import decode_tasks, trial_bundles
 
-    assert trials([{"CPU": 2}], workers=1, cpus_per_worker=0.5) == 2  # 2 x 0.51, and 0.98 left for decoding
+    def sweep_of(**resources):
+        return Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
+                                     "resources": resources})  # cpu-tiny: a decode task holds 0.5 CPU
+
+    def trials(nodes, **resources):
+        return max_concurrent(sweep_of(**resources), nodes)
+
+    # 2 CPUs: one trial (0.51) and its decode task (0.5) fit twice in 2.02 CPUs, not in 2: one at a time, with the
+    # 1.49 CPUs left as its two decode tasks, which its placement group reserves beside its driver's token
+    assert trials([{"CPU": 2}], workers=1, cpus_per_worker=0.5) == 1
+    tiny = sweep_of(workers=1, cpus_per_worker=0.5)
+    assert decode_tasks(tiny, [{"CPU": 2}], 1) == 2 and trial_bundles(tiny, 2) == [{"CPU": 0.01}, {"CPU": 0.5}, {"CPU": 0.5}]
+    assert trials([{"CPU": 4}], workers=1, cpus_per_worker=0.5) == 3  # 3 x (0.51 + 0.5) in 4; 4 x in 4.04: no
+    assert trials([{"CPU": 4}], workers=1, cpus_per_worker=0.5, decode_tasks=2) == 2  # 2 x (0.51 + 1.0)
+    assert decode_tasks(sweep_of(workers=1, cpus_per_worker=0.5, decode_tasks=3), [{"CPU": 64}], 1) == 3
     # Two 2-CPU nodes: 1.5-CPU workers leave 0.49 free on each, no room for a 0.5-CPU decode task
     # anywhere, though the cluster has 0.98 CPUs free in all; 1.25-CPU workers leave 0.74 on each.
     assert trials([{"CPU": 2}, {"CPU": 2}], workers=1, cpus_per_worker=1.5) == 1

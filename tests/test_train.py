@@ -123,6 +123,36 @@ def test_a_run_without_a_readable_batch_stops_at_once_as_the_user_s_data_error(r
     assert len(list((tmp_path / "blind" / "tensorboard").glob("events.*"))) == 1  # one attempt: nothing restarted
 
 
+def test_a_run_whose_pipeline_is_starved_stops_in_one_line_naming_what_holds_the_cluster(ray_cluster, tiny_synth,
+                                                                                          tmp_path):
+    # Another job holds every CPU but the Train worker's: no decode task can start, and Ray Data only warns in its
+    # log. The run stops once no batch came for data.stall_timeout_s, at once (no restarts), naming the holder.
+    import ray
+
+    @ray.remote
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.options(num_cpus=ray.available_resources()["CPU"] - 0.5, name="another-job").remote()
+    ray.get(hog.ready.remote(), timeout=60)
+    try:
+        env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
+        sets = [*tiny_overrides(tiny_synth, tmp_path, "starved"), "run.workers=1", "data.stall_timeout_s=5"]
+        res = subprocess.run([sys.executable, "-m", "beray.train", "--preset", "cpu-tiny",
+                              *sum((["--set", o] for o in sets), [])], capture_output=True, text=True, env=env,
+                             timeout=240)
+    finally:
+        ray.kill(hog)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert not foreign_lines(res.stdout, res.stderr), res.stdout + res.stderr  # no traceback
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: the data pipeline is starved: it delivered no batch for 5 s (data.stall_timeout_s); 0 of 2 CPUs free; "
+        "held by: "), errors
+    assert "1 x actor Hog (1.5 CPU)" in errors[0] and "restart" not in res.stderr
+
+
 def test_a_killed_worker_resumes_every_member_and_bad_videos_are_skipped_and_named(ray_cluster, tiny_synth, tmp_path):
     # One run for two kinds of trouble: a Train worker of a 2-member pack killed mid-run, and a truncated and
     # a missing video in the data, which every epoch (before and after the restart) skips; the run names each once.

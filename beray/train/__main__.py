@@ -90,6 +90,7 @@ def _run(cfg: Config, name: str, members: list[list[str]]) -> int:
     from ray.train import TrainingFailedError
 
     from beray.data.datasets import DatasetError
+    from beray.train.epochs import DataStalled
     from beray.train.launch import fit, run_dir
 
     pack = make_pack(cfg, members)
@@ -104,6 +105,10 @@ def _run(cfg: Config, name: str, members: list[list[str]]) -> int:
         return 2
     except FloatingPointError as e:  # the loss diverged: resuming would diverge again
         say(f"error: {e} in a new run (resume cannot change them: {directory} would diverge again)", error=True)
+        return 1
+    except DataStalled as e:  # the cluster is busy elsewhere: the same command can continue once it is not
+        say(f"error: {e}", error=True)
+        say(f"continue from the last checkpoint with: python -m beray.train --resume {directory}", error=True)
         return 1
     except TrainingFailedError as e:
         say(f"error: training failed after {cfg.run.max_failures} restart(s): {e}", error=True)

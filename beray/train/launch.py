@@ -121,7 +121,8 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
     """Pretrain ``cfg`` (or the pack of its ``members``, named ``names``) with ``cfg.run.workers`` Ray Train
     workers; resumes when ``name`` has checkpoints. ``echo``: print rank 0's epoch lines here, as they come.
     A run of one whose loss goes non-finite stops at once, without restarts: FloatingPointError saying where; an
-    epoch without a full batch (too few readable videos) stops every member so: DatasetError."""
+    epoch without a full batch (too few readable videos) stops every member so: DatasetError; a data pipeline that
+    delivers nothing for ``data.stall_timeout_s``: DataStalled, naming what holds the cluster."""
     from ray.train import TrainingFailedError
 
     from beray.data.datasets import DatasetError
@@ -145,6 +146,10 @@ def fit(cfg: Config, name: str | None = None, callbacks: list = (), echo: bool =
         skipped, (decode_s, decode_clips) = ray.get([state.all.remote(), state.decoded.remote()])
         ray.kill(state)
     history = result.return_value or []  # rank 0's per-epoch metrics of the last attempt
+    if history and (why := history[-1].get("stalled")):
+        from beray.train.epochs import DataStalled
+
+        raise DataStalled(why)
     if history and (why := history[-1].get("no_data")):
         raise DatasetError(why)  # every member stopped: the data, not one member (its last report has no checkpoint)
     if not members and history and (why := (history[-1].get("failed") or {}).get("")):

@@ -33,7 +33,8 @@ from beray.config import Config
 from beray.augment.be import add_noise
 from beray.methods.build import build_method, encoder, make_optimizer, train_step
 from beray.train.checkpoint import PACK_FILE, carry_state, load_pretrained, load_state, save_state
-from beray.train.epochs import EpochStream
+from beray.train.epochs import DataStalled, EpochStream
+from beray.runtime import describe_holders
 from beray.train.monitor import Monitor, say
 
 
@@ -160,15 +161,21 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             m.loss_sum = m.masked = 0.0
         if epoch >= pass_end:  # a new pass of the data over the next epochs
             ray.get(data.set_epoch.remote(epoch))  # every rank, before it asks for the pass (Ray Data waits for all)
+            if stream is not None:
+                stream.close()
             stream = EpochStream(shard.iter_torch_batches(batch_size=None, prefetch_batches=cfg.data.prefetch_batches,
-                                                          pin_memory=device.type == "cuda"), per_worker)
+                                                          pin_memory=device.type == "cuda"), per_worker,
+                                 cfg.data.stall_timeout_s)
             pass_end = epoch + config["epochs_per_pass"]
         batches = stream.epoch(epoch)
-        n_steps, wait, t_epoch = 0, 0.0, time.perf_counter()
+        n_steps, wait, t_epoch, stalled = 0, 0.0, time.perf_counter(), None
         first_wait = first_step = 0.0  # at a pass's start, the first batch also waits for the pipeline to start
         while live and (cfg.run.max_steps_per_epoch is None or n_steps < cfg.run.max_steps_per_epoch):
             t0 = time.perf_counter()
-            batch = next(batches, None)
+            try:
+                batch = next(batches, None)
+            except DataStalled as e:
+                batch, stalled = None, str(e)
             if any_rank(batch is None, device):  # every rank takes as many steps (DDP): the first to run out ends the epoch
                 break
             t1 = time.perf_counter()
@@ -210,6 +217,13 @@ def train_loop_per_worker(config: dict) -> list[dict]:
                   "data_wait_after_first": (wait - first_wait) / max(elapsed - first_step, 1e-9),
                   "skipped_videos": len(skipped), "skipped_paths": sorted(skipped), "resumed_from_epoch": start_epoch,
                   "node": ray.get_runtime_context().get_node_id()}  # where rank 0 trains (a sweep's records keep it)
+        if any_rank(stalled is not None, device):  # not raised: Ray Train's restarts would wait as long again;
+            # the driver names what holds the cluster, and a sweep's trial gets its retries
+            why = stalled or "another rank's data pipeline is starved"
+            metrics = {**shared, "stalled": f"{why}; {describe_holders()}" if rank == 0 else why}  # as it is now
+            history.append(metrics)
+            ray.train.report(metrics)
+            break
         if n_steps == 0 and live:  # every rank alike (any_rank); not raised: Ray Train's restarts would decode the
             # same data to the same end. No checkpoint: with the data mended, a resume continues from the last one.
             unreadable = f" ({len(skipped)} unreadable, e.g. {sorted(skipped)[0]})" if skipped else ""
@@ -250,6 +264,8 @@ def train_loop_per_worker(config: dict) -> list[dict]:
             ray.train.report(metrics, checkpoint=ckpt)
         if not live:
             break
+    if stream is not None:
+        stream.close()
     for m in members:
         m.monitor.close()
     return history
