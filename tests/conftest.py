@@ -350,3 +350,43 @@ def grid_sweep(ray_cluster, tiny_synth, tmp_path_factory) -> dict:
 def overrides():
     """``tiny_overrides`` for test folders that cannot import this conftest by name (tests/gpu)."""
     return tiny_overrides
+
+
+# -- the shared Ray is clean between tests --------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _ray_left_clean(request):
+    """A test on the shared Ray leaves nothing that holds its CPUs or GPUs: an actor, a running task, a placement
+    group (Ray's state API, ``beray.runtime.holders``), or CPUs held by nothing that Ray lists. What is still there
+    after a grace period (Ray ends an actor that nobody holds, and a finished dataset's actor pool, within seconds)
+    fails the test, named; its placement groups are removed, so that the tests after it start on a clean Ray."""
+    yield
+    if "ray_cluster" not in request.fixturenames:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    from beray.runtime import holders
+
+    def clean() -> bool:
+        return not holders() and ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0)
+
+    if wait_for(clean, 20, poll_s=0.5):
+        return
+    left = holders()
+    for kind, name, _ in left:
+        if kind == "placement group":
+            from ray._raylet import PlacementGroupID
+
+            try:
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(name)))
+            except Exception:  # a named group: its id is not at hand
+                pass
+    free, total = ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0)
+    pytest.fail(f"the test left the shared Ray holding resources ({free:g} of {total:g} CPUs free): "
+                + ("; ".join(f"{kind} {name} {res}" for kind, name, res in left) or "nothing that Ray lists"),
+                pytrace=False)
