@@ -281,7 +281,7 @@ def tiny_sweep(tmp_path: Path, synth: Path, name: str, space: dict, **extra) -> 
                                                    "data.decode_size": 20, "augment.size": 16,
                                                    "method.queue_size": 64, "optim.batch_size": 4,
                                                    "optim.epochs": 1, "run.images_every": 0}},
-            "space": space, "seeds": 1, "resources": {"workers": 1, "cpus_per_worker": 0.5},
+            "space": space, "seeds": 1, "resources": {"workers": 1, "cpus_per_worker": 0.49},  # 2 at once on 2 CPUs
             "eval": {"mode": "knn", "k": 3}, "objective": {"metric": "test_swapped.top1", "mode": "max"}, **extra}
     f = tmp_path / f"{name}.yaml"
     f.write_text(yaml.safe_dump(tree))

@@ -7,7 +7,7 @@ import ray
 from conftest import tiny_overrides
 
 from beray.config import load_config
-from beray.data.pipeline import build_dataset, run_data, task_clips
+from beray.data.pipeline import build_dataset, run_data
 from beray.methods.build import method_views
 from beray.train.epochs import EpochStream
 
@@ -105,41 +105,6 @@ def test_a_run_s_passes_are_as_few_as_fit_and_of_equal_length(tmp_path):
     assert epochs_per_pass(cfg(100), n) == 25  # 4 passes
     assert epochs_per_pass(cfg(101), n) == 21  # 5 passes of 21 (not 25, 25, 25, 25 and 1 in a pass of 25)
     assert epochs_per_pass(cfg(45), n * 30) == 1  # an epoch larger than a pass: one epoch each
-
-
-@ray.remote
-class Hog:
-    """Holds CPUs (``options(num_cpus=...)``) and does nothing: what another trial's workers would hold."""
-
-    def ready(self) -> bool:
-        return True
-
-
-def test_a_run_inside_a_placement_group_decodes_in_its_bundles_when_every_other_cpu_is_held(ray_cluster, tiny_synth,
-                                                                                            tmp_path):
-    # A sweep's trial reserves its decode CPUs in its placement group: with every CPU outside it held, its
-    # stream still flows (decoded there), where Ray Data would wait for free CPUs without end.
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path, "reserved") + ["run.workers=1"], preset="cpu-tiny")
-    pg = placement_group([{"CPU": 0.01}, {"CPU": cfg.data.decode_cpus}])  # as Tune makes a trial's
-    ray.get(pg.ready(), timeout=60)
-    hog = Hog.options(num_cpus=ray.available_resources()["CPU"]).remote()
-    ray.get(hog.ready.remote(), timeout=60)
-    try:
-        assert ray.available_resources().get("CPU", 0) < cfg.data.decode_cpus  # nothing left outside the group
-
-        @ray.remote(num_cpus=0)
-        def first_batch(cfg):  # a trial's driver: its children run in its group, as Tune's do
-            ds = build_dataset(cfg, "reserved", None, method_views(cfg), per_pass=1)
-            return sorted(next(iter(ds.iter_batches(batch_size=None)))["index"].tolist())
-
-        inside = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
-        assert len(ray.get(first_batch.options(scheduling_strategy=inside).remote(cfg), timeout=60)) == task_clips(cfg)
-    finally:
-        ray.kill(hog)
-        remove_placement_group(pg)
 
 
 def test_a_stream_that_delivers_nothing_for_its_limit_raises_and_its_reader_stops_on_close():

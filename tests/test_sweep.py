@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,24 +130,17 @@ def test_trials_that_read_the_same_stream_group_into_packs_and_the_dry_run_lists
     assert "2 pack(s) of at most 4" in out and out.count("2 member(s), model and optimiser state ~") == 2
 
 
-def test_concurrency_counts_whole_workers_per_node_and_leaves_each_trial_its_decode_tasks():
-    from beray.sweep.driver import decode_tasks, trial_bundles
-
-    def sweep_of(**resources):
-        return Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
-                                     "resources": resources})  # cpu-tiny: a decode task holds 0.5 CPU
-
+def test_concurrency_counts_whole_workers_per_node_and_leaves_each_trial_room_for_its_decode_tasks():
     def trials(nodes, **resources):
-        return max_concurrent(sweep_of(**resources), nodes)
+        sweep = Sweep.model_validate({"name": "c", "base": {"preset": "cpu-tiny"}, "space": {"be.gamma": {"grid": [0.3]}},
+                                      "resources": resources})  # cpu-tiny: a decode task holds 0.5 CPU
+        return max_concurrent(sweep, nodes)
 
-    # 2 CPUs: one trial (0.51) and its decode task (0.5) fit twice in 2.02 CPUs, not in 2: one at a time, with the
-    # 1.49 CPUs left as its two decode tasks, which its placement group reserves beside its driver's token
+    # 2 CPUs: a trial of 0.51 (its driver and worker) and its decode task fit twice in 2.02, not in 2
     assert trials([{"CPU": 2}], workers=1, cpus_per_worker=0.5) == 1
-    tiny = sweep_of(workers=1, cpus_per_worker=0.5)
-    assert decode_tasks(tiny, [{"CPU": 2}], 1) == 2 and trial_bundles(tiny, 2) == [{"CPU": 0.01}, {"CPU": 0.5}, {"CPU": 0.5}]
-    assert trials([{"CPU": 4}], workers=1, cpus_per_worker=0.5) == 3  # 3 x (0.51 + 0.5) in 4; 4 x in 4.04: no
+    assert trials([{"CPU": 2}], workers=1, cpus_per_worker=0.49) == 2  # 2 x (0.5 + 0.5)
+    assert trials([{"CPU": 4}], workers=1, cpus_per_worker=0.5) == 3  # 3 x 1.01 in 4; 4 x in 4.04: no
     assert trials([{"CPU": 4}], workers=1, cpus_per_worker=0.5, decode_tasks=2) == 2  # 2 x (0.51 + 1.0)
-    assert decode_tasks(sweep_of(workers=1, cpus_per_worker=0.5, decode_tasks=3), [{"CPU": 64}], 1) == 3
     # Two 2-CPU nodes: 1.5-CPU workers leave 0.49 free on each, no room for a 0.5-CPU decode task
     # anywhere, though the cluster has 0.98 CPUs free in all; 1.25-CPU workers leave 0.74 on each.
     assert trials([{"CPU": 2}, {"CPU": 2}], workers=1, cpus_per_worker=1.5) == 1
@@ -414,14 +408,26 @@ def test_asha_stops_the_trial_that_is_worse_at_the_first_rung(ray_cluster, tiny_
     assert "1 stopped early" in (tmp_path / "sweeps" / "asha" / "results.md").read_text()
 
 
-def test_a_trial_whose_loss_diverges_is_recorded_failed_at_once_not_retried(ray_cluster, tiny_synth, tmp_path, capsys):
-    # a trial of one point (logits / tau overflow: NaN at the first step) with a retry and Train restarts to spare
-    f = tiny_sweep(tmp_path, tiny_synth, "nan", {"method.tau": {"grid": [1.0e-45]}}, retries=1)
+def test_a_diverging_trial_fails_at_once_and_a_starved_one_after_its_retry_and_the_sweep_goes_on(
+        ray_cluster, tiny_synth, tmp_path, capsys):
+    # Two trials (a stall limit is part of the stream), one at a time, each with a retry and Train restarts to
+    # spare. One's loss is NaN at the first step (logits / tau overflow): failed at once, not retried. The other's
+    # pipeline may deliver nothing for a microsecond, less than its first batch takes: starved, retried once (a
+    # busy cluster may free up), then failed in one line.
+    f = tiny_sweep(tmp_path, tiny_synth, "nan", {"method.tau": {"grid": [1.0e-45]},
+                                                 "data.stall_timeout_s": {"grid": [300.0, 1.0e-6]}}, retries=1,
+                   resources={"workers": 1, "cpus_per_worker": 0.49, "max_concurrent": 1})
     assert main([str(f)]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    [record] = _records(tmp_path / "sweeps" / "nan")
+    by_limit = {r["point"]["data.stall_timeout_s"]: r for r in _records(tmp_path / "sweeps" / "nan")}
+    record = by_limit[300.0]
     assert record["status"] == "failed" and record["error"].startswith("loss is nan at epoch 1, step 1"), record
-    assert "retrying" not in out and "failed    " in out and "1 failed" in out
+    starved = by_limit[1.0e-6]
+    assert starved["status"] == "failed", starved
+    assert re.search(r"DataStalled: the data pipeline is starved: it delivered no batch for 1e-06 s "
+                    r"\(data\.stall_timeout_s\); [\d.]+ of 2 CPUs free; held by: ", starved["error"].splitlines()[-1]), \
+        starved["error"]
+    assert out.count("retrying") == 1 and out.count("failed    ") == 2 and "2 failed" in out
 
 
 @pytest.mark.timeout(600)  # three drivers, three Train starts and two evaluations: 80 s here

@@ -106,19 +106,6 @@ def run_data(run_name: str):
                            scheduling_strategy=here).remote()
 
 
-def decode_reservation(decode_cpus: float):
-    """Where decode tasks run: inside the placement group this process runs in, when one of its bundles holds a
-    decode task (a sweep's trial: Tune reserves its decode CPUs there, so that no other trial's workers can take
-    them and Ray Data's budget is those bundles), else None (Ray Data schedules them on the cluster)."""
-    from ray.util import get_current_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    pg = get_current_placement_group()
-    if pg is None or not any(b.get("CPU", 0) >= decode_cpus for b in pg.bundle_specs):
-        return None
-    return PlacementGroupSchedulingStrategy(pg)
-
-
 def view_spec(cfg: Config, views: Views) -> ViewSpec:
     d = cfg.data
     return ViewSpec(views, d.num_frames, d.stride, d.decode_size, cfg.augment, d.decode_timeout_s)
@@ -258,8 +245,6 @@ def build_dataset(cfg: Config, run_name: str, state, views: Views, rows: list[di
     # from_items, not range: range's read tasks ask 1 CPU each, which concurrent trials may never have
     ds = ray.data.from_items([{"id": t} for t in range(n_tasks)], override_num_blocks=n_tasks)
     ds.context.execution_options.preserve_order = True
-    if (reserved := decode_reservation(cfg.data.decode_cpus)) is not None:
-        ds.context.scheduling_strategy = ds.context.scheduling_strategy_large_args = reserved
     return ds.map_batches(decode_batch, batch_size=1, batch_format="numpy", num_cpus=cfg.data.decode_cpus,
                           concurrency=cfg.data.decode_concurrency,
                           fn_kwargs={"records": ray.put(record_table(rows)), "spec": view_spec(cfg, views),

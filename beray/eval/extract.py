@@ -142,7 +142,7 @@ def extract(models: list[tuple[Config, Any]], head: str, jobs: list[tuple[list[d
 
     from beray import console
 
-    from beray.data.pipeline import RunData, decode_reservation
+    from beray.data.pipeline import RunData
     from beray.runtime import init_ray
 
     if head not in HEADS:
@@ -160,10 +160,8 @@ def extract(models: list[tuple[Config, Any]], head: str, jobs: list[tuple[list[d
     per_task = 4
     cfg = models[0][0]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_task)))
-    reserved = decode_reservation(cfg.data.decode_cpus)  # a sweep's trial: its own decode CPUs
     ds = ds.map_batches(decode_clips, batch_size=per_task, num_cpus=cfg.data.decode_cpus,
-                        fn_kwargs={"specs": specs, "timeout_s": cfg.data.decode_timeout_s, "state": state},
-                        **({"scheduling_strategy": reserved} if reserved is not None else {}))
+                        fn_kwargs={"specs": specs, "timeout_s": cfg.data.decode_timeout_s, "state": state})
     ds = ds.map_batches(FeatureModel, batch_size=batch_size, **place,
                         fn_constructor_kwargs={"models": [(c.model_dump(mode="json"), w) for c, w in models],
                                                "head": head, "pool": pool, "threads": threads})

@@ -31,7 +31,7 @@ def _dry_run(sweep) -> None:
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
     say(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
           + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"
-          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus {decode:g} per decode task")
+          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus room for {r.decode_tasks} decode task(s) of {decode:g} CPU(s)")
     _dry_bound(sweep, (len(sweep.packs(trials)) if sweep.packed else len(trials)) if trials
                else sweep.search.samples * len(sweep.seed_list))
     if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
@@ -51,20 +51,18 @@ def _dry_run(sweep) -> None:
 def _dry_bound(sweep, jobs: int) -> None:
     """How many jobs would run at once and why: on the cluster of ``RAY_ADDRESS`` (joined, nothing started),
     else on the local Ray a sweep would start here."""
-    from beray.sweep.driver import concurrency, decode_tasks, max_concurrent
+    from beray.sweep.driver import concurrency, max_concurrent
 
     if sweep.resources.max_concurrent or os.environ.get("RAY_ADDRESS"):
         if not sweep.resources.max_concurrent:
             from beray.runtime import init_ray
 
             init_ray(log_to_driver=False)
-        bound, decode, why = concurrency(sweep, jobs)
-        say(f"at most {bound} job(s) at once, each with {decode} decode task(s) of its own: {why}")
+        bound, why = concurrency(sweep, jobs)
+        say(f"at most {bound} job(s) at once: {why}")
         return
-    nodes = [{"CPU": os.cpu_count() or 1}]
-    here = max_concurrent(sweep, nodes)
-    say(f"at most {here} job(s) at once, each with {decode_tasks(sweep, nodes, here)} decode task(s) of its own, on "
-        f"the Ray a sweep starts on this machine ({os.cpu_count()} CPUs); on a "
+    here = max_concurrent(sweep, [{"CPU": os.cpu_count() or 1}])
+    say(f"at most {here} job(s) at once on the Ray a sweep starts on this machine ({os.cpu_count()} CPUs); on a "
         "cluster (RAY_ADDRESS), what it holds at its largest where an autoscaler runs (its node types' "
         "max_workers), else what its nodes alive at the start hold; resources.max_concurrent sets it")
 

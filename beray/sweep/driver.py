@@ -1,11 +1,11 @@
 """Run a sweep with Ray Tune: grid or random points (each with every seed) or Optuna TPE, FIFO or ASHA,
 trials that are Ray Train runs sharing the cluster, resume, and the report at the end.
 
-A trial's driver is a Tune function trainable whose placement group holds a token 0.01 CPU and the CPUs
-of its own decode tasks (its training stream and its evaluation decode there, and nowhere else); its
-Train workers hold the rest. Concurrent trials are capped at what the cluster holds (each needs its
-workers' CPUs and GPUs plus at least one decode task's CPUs), so a trial that cannot be placed waits
-for one to finish, and no trial's workers can take the CPUs that another's data pipeline needs.
+A trial's driver is a Tune function trainable holding a token 0.01 CPU; its Train workers and
+decode tasks hold the resources. Concurrent trials are capped at what the cluster holds (each needs
+its workers' CPUs and GPUs plus room for ``resources.decode_tasks`` decode tasks of its own), so a
+trial that cannot be placed waits for one to finish, and the trials' workers cannot take every CPU
+that their pipelines need.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ def results_dir(sweep: Sweep) -> str:
 
 
 def trial_resources(sweep: Sweep) -> tuple[float, float, float]:
-    """(CPUs a trial's driver and Train workers hold while it runs, CPUs of one decode task, GPUs): it holds its
-    driver and its Train workers, or while it evaluates a model actor of at most their share; its decode tasks
-    run in CPUs it reserves besides (``decode_tasks``)."""
+    """(CPUs a trial holds while it runs, CPUs of one decode task, GPUs): it holds its driver and its Train
+    workers, or while it evaluates a model actor of at most their share."""
     cfg = sweep.run_config({}, 0, check_paths=False)
     r = sweep.resources
     return DRIVER_CPU + r.workers * r.cpus_per_worker, cfg.data.decode_cpus, r.workers * r.gpus_per_worker
@@ -63,29 +62,14 @@ def _decode_slots(sweep: Sweep, nodes: list[dict], trials: int) -> int | None:
 def max_concurrent(sweep: Sweep, nodes: list[dict]) -> int:
     """``resources.max_concurrent`` or, unset, as many trials as the ``nodes`` (each one's resources) hold now,
     each with its Train workers (each whole on one node: two nodes with 0.49 CPUs free each cannot run a 0.5-CPU
-    task) and CPUs for its own decode tasks (``resources.decode_tasks``, at least one), which its trial reserves:
-    then no trial's data pipeline can be starved by the others. At least 1 (it waits for room)."""
+    task) and room left for ``resources.decode_tasks`` decode tasks of its own (each whole on one node): then the
+    trials' workers cannot take every CPU that their pipelines need. At least 1 (it waits for room)."""
     r = sweep.resources
     if r.max_concurrent:
         return r.max_concurrent
     most = sum(_slots(sweep, n) for n in nodes) // r.workers
-    fits = [t for t in range(1, most + 1) if (_decode_slots(sweep, nodes, t) or 0) >= t * (r.decode_tasks or 1)]
+    fits = [t for t in range(1, most + 1) if (_decode_slots(sweep, nodes, t) or 0) >= t * r.decode_tasks]
     return max(fits, default=1)
-
-
-def decode_tasks(sweep: Sweep, nodes: list[dict], bound: int) -> int:
-    """Decode tasks each trial reserves: ``resources.decode_tasks``, else the CPUs that ``bound`` trials' workers
-    leave on ``nodes``, shared evenly (at least one)."""
-    if sweep.resources.decode_tasks:
-        return sweep.resources.decode_tasks
-    return max(1, (_decode_slots(sweep, nodes, bound) or 0) // bound)
-
-
-def trial_bundles(sweep: Sweep, decode: int) -> list[dict]:
-    """A trial's placement group in Tune: its driver's token and ``decode`` bundles of one decode task each. Its
-    Train workers have a placement group of their own (Ray Train's)."""
-    _, cpus, _ = trial_resources(sweep)
-    return [{"CPU": DRIVER_CPU}] + [{"CPU": cpus}] * decode
 
 
 def alive_nodes() -> list[dict]:
@@ -183,21 +167,17 @@ def scaled_workers(sweep: Sweep, groups: list[tuple[dict, int]], budget: int = -
                   reverse=True)[:budget]
 
 
-def concurrency(sweep: Sweep, trials: int) -> tuple[int, int, str]:
-    """How many trials run at once, the decode tasks each reserves (``decode_tasks``), and why:
-    ``resources.max_concurrent``; else what the cluster holds at the autoscaler's maximum (Tune queues the rest,
-    and the autoscaler sees their demand and adds nodes); else, on a fixed cluster, what its nodes hold now."""
-    if (scaled := autoscaled_nodes(sweep)) is not None:
-        nodes, why = scaled
-        why = f"what the cluster holds at its largest, from {why}"
-    else:
-        nodes = alive_nodes()
-        why = f"what the {len(nodes)} node(s) alive hold (no autoscaler)"
+def concurrency(sweep: Sweep, trials: int) -> tuple[int, str]:
+    """How many trials run at once, and why: ``resources.max_concurrent``; else what the cluster holds at
+    the autoscaler's maximum (Tune queues the rest, and the autoscaler sees their demand and adds nodes);
+    else, on a fixed cluster, what its nodes hold now."""
     if sweep.resources.max_concurrent:
-        bound, why = sweep.resources.max_concurrent, "resources.max_concurrent"
-    else:
-        bound = min(trials, max_concurrent(sweep, nodes))
-    return bound, decode_tasks(sweep, nodes, bound), why
+        return sweep.resources.max_concurrent, "resources.max_concurrent"
+    if (scaled := autoscaled_nodes(sweep)) is not None:
+        nodes, source = scaled
+        return min(trials, max_concurrent(sweep, nodes)), f"what the cluster holds at its largest, from {source}"
+    nodes = alive_nodes()
+    return max_concurrent(sweep, nodes), f"what the {len(nodes)} node(s) alive hold (no autoscaler)"
 
 
 def param_space(sweep: Sweep) -> dict:
@@ -280,22 +260,20 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> str:
     init_ray(log_to_driver=False)  # the trial lines below say what happens; workers' logs stay in Ray's log files
     import ray
 
-    trainable = tune.with_parameters(run_trial, sweep=sweep.dump(), runs=st.join(results, "runs"))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep.dump(), runs=st.join(results, "runs")),
+                                    {"CPU": DRIVER_CPU})
     callbacks, study = [SweepProgress(sweep, results)], None
     if sweep.search.algorithm == "optuna":
         study = local_study(results, resume)
         callbacks.append(StudyCopy(study, results))
-    seeds = len(sweep.seed_list)
-    num = sweep.search.samples * seeds if sweep.search.algorithm == "optuna" else 1
-    jobs = num if sweep.search.algorithm == "optuna" else len(param_space(sweep)[PACK_KEY]["grid_search"])
-    bound, decode, why = concurrency(sweep, jobs)
-    # each trial reserves its decode CPUs in its own placement group (``beray.data.pipeline.decode_reservation``)
-    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory(trial_bundles(sweep, decode)))
     if resume:
         tuner = tune.Tuner.restore(results, trainable, resume_unfinished=True, resume_errored=False)
     else:
-        say(f"[{time.strftime('%H:%M:%S')}] sweep {sweep.name}: {jobs} job(s), at most {bound} at once, each with "
-            f"{decode} decode task(s) of its own: {why}")
+        seeds = len(sweep.seed_list)
+        num = sweep.search.samples * seeds if sweep.search.algorithm == "optuna" else 1
+        jobs = num if sweep.search.algorithm == "optuna" else len(param_space(sweep)[PACK_KEY]["grid_search"])
+        bound, why = concurrency(sweep, jobs)
+        say(f"[{time.strftime('%H:%M:%S')}] sweep {sweep.name}: {jobs} job(s), at most {bound} at once: {why}")
         tuner = tune.Tuner(
             trainable, param_space=param_space(sweep),
             tune_config=tune.TuneConfig(search_alg=searcher(sweep, study), scheduler=scheduler(sweep),

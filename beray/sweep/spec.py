@@ -115,7 +115,7 @@ class Resources(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, ge=1)  # None: as many as the cluster holds now
-    decode_tasks: int | None = Field(None, ge=1)  # decode tasks each trial reserves (None: the CPUs left, shared)
+    decode_tasks: int = Field(1, ge=1)  # decode tasks of its own that the concurrency bound leaves each trial room for
 
 
 class Eval(_Section):
