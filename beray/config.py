@@ -92,11 +92,19 @@ class MethodConfig(_Section):
     queue_size: int = Field(16384, ge=1)
     momentum: float = Field(0.999, ge=0.0, le=1.0)
     tau: float = Field(0.07, gt=0.0)
-    hard_negative: bool = True  # Eq. (7); False gives Eq. (6)
+    # MoCo's negative terms: "eq7" with N2, another clip of the video (Eq. 7); "eq6" without it (Eq. 6); "reversed"
+    # with x_o played backwards as N2 (same frames and augmentation, opposite motion: a positive control).
+    # true/false, as configs saved before wrote it: eq7/eq6
+    hard_negative: Literal["eq7", "eq6", "reversed"] = "eq7"
     distracted_query: bool = False  # x_d through MoCo's query encoder, x_o the key (the authors' code)
     num_classes: int | None = Field(None, ge=2)  # finetune only: the dataset's classes
     dropout: float = Field(0.5, ge=0.0, lt=1.0)  # finetune only: before the new FC layer
 
+
+    @field_validator("hard_negative", mode="before")
+    @classmethod
+    def _hard_negative_of_a_bool(cls, v: Any) -> Any:
+        return {True: "eq7", False: "eq6"}[v] if isinstance(v, bool) else v  # configs and checkpoints saved before
 
 class ModelConfig(_Section):
     backbone: str = "i3d"  # the paper's MoCo+BE backbone (Tables 1, 4)

@@ -13,7 +13,7 @@ def test_defaults_are_the_papers():
     assert (c.optim.momentum, c.optim.weight_decay) == (0.9, 5e-4)
     assert (c.data.num_frames, c.data.stride, c.augment.size) == (16, 4, 112)
     assert (c.be.gamma, c.be.noise, c.method.beta, c.method.dim) == (0.3, "intra_frame", 1.0, 128)
-    assert c.augment.rotation == 10.0 and c.method.hard_negative
+    assert c.augment.rotation == 10.0 and c.method.hard_negative == "eq7"  # Eq. (7)
     assert load_config() == load_config(preset="paper") == c
 
 
@@ -28,12 +28,19 @@ def test_yaml_then_set_overrides(tmp_path):
     f.write_text("preset: cpu-tiny\nbe:\n  gamma: 0.5\n  noise: fame\noptim:\n  epochs: 7\n")
     c = load_config(f, ["be.gamma=0.1", "augment.jitter=[0.1, 0.2, 0.3, 0.05]", "method.hard_negative=false"])
     assert (c.be.gamma, c.be.noise, c.optim.epochs) == (0.1, "fame", 7)
-    assert c.augment.jitter == (0.1, 0.2, 0.3, 0.05) and c.method.hard_negative is False
+    assert c.augment.jitter == (0.1, 0.2, 0.3, 0.05) and c.method.hard_negative == "eq6"  # false: Eq. (6)
     assert c.model.width == 0.125  # from the preset
     assert load_config(f).optim.epochs == 7  # PRESETS are not mutated by earlier overrides
     round_trip = tmp_path / "again.yaml"
     round_trip.write_text(to_yaml(c))
     assert load_config(round_trip) == c
+
+
+def test_a_config_saved_with_a_boolean_hard_negative_still_loads():
+    from beray.config import Config
+
+    assert Config.model_validate({"method": {"hard_negative": True}}).method.hard_negative == "eq7"  # Eq. (7)
+    assert Config.model_validate({"method": {"hard_negative": False}}).method.hard_negative == "eq6"  # Eq. (6)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -52,6 +59,7 @@ def test_yaml_then_set_overrides(tmp_path):
     ("be.gamma", "expected KEY=VALUE"),
     ("optim.name=adam", "optim.name: Input should be 'sgd' or 'adamw'"),
     ("method.dropout=1", "method.dropout: Input should be less than 1"),
+    ("method.hard_negative=none", "method.hard_negative: Input should be 'eq7', 'eq6' or 'reversed'"),
     ("data.synth.pool=4", "data.synth: unknown BackgroundBias-Synth option 'pool'; allowed: size, frames"),
     ("data.synth.camera_jitter=30", "data.synth: camera_jitter must lie in [0, size / 8 = 8] pixels, got 30"),
 ])

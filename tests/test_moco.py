@@ -38,7 +38,7 @@ class TinyConv(nn.Module):
         return f, f.amax(dim=(2, 3, 4))
 
 
-def _hand_model(hard_negative=True):
+def _hand_model(hard_negative="eq7"):
     model = MoCoBE(Identity2(), dim=2, queue_size=3, momentum=0.5, tau=0.5, hard_negative=hard_negative)
     with torch.no_grad():
         for enc in (model.encoder_q, model.encoder_k):
@@ -65,8 +65,8 @@ def test_logits_labels_and_loss_by_hand():
 
 
 def test_hard_negative_is_in_the_denominator():
-    with_h, _ = _hand_model(True).logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
-    without, _ = _hand_model(False).logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))  # Eq. (6)
+    with_h, _ = _hand_model("eq7").logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))
+    without, _ = _hand_model("eq6").logits(_vec(2.0, 0.0), _vec(3.0, 4.0), _vec(0.0, 7.0))  # Eq. (6)
     assert without.shape == (1, 4) and with_h.shape == (1, 5)
     assert torch.allclose(without, with_h[:, [0, 2, 3, 4]])
     labels = torch.zeros(1, dtype=torch.long)
@@ -80,10 +80,10 @@ def test_a_hard_negative_that_is_not_distinct_is_left_out():
     x_d = torch.cat([_vec(3.0, 4.0), _vec(4.0, 3.0)])
     x_h = torch.cat([_vec(2.0, 0.0), _vec(1.0, 0.0)])  # sample 0's x_h is its x_o
     h_valid = torch.tensor([False, True])
-    model = _hand_model(True)
+    model = _hand_model("eq7")
     out = model(x_o, x_d, x_h, h_valid)
-    eq6 = F.cross_entropy(_hand_model(False).logits(x_o, x_d)[0], torch.zeros(2, dtype=torch.long), reduction="none")
-    eq7 = F.cross_entropy(_hand_model(True).logits(x_o, x_d, x_h)[0], torch.zeros(2, dtype=torch.long),
+    eq6 = F.cross_entropy(_hand_model("eq6").logits(x_o, x_d)[0], torch.zeros(2, dtype=torch.long), reduction="none")
+    eq7 = F.cross_entropy(_hand_model("eq7").logits(x_o, x_d, x_h)[0], torch.zeros(2, dtype=torch.long),
                           reduction="none")
     assert out["loss"].item() == pytest.approx((eq6[0] + eq7[1]).item() / 2, rel=1e-6)
     assert eq7[0] > eq6[0]  # unmasked, x_o's own copy would have pushed the loss up
@@ -92,6 +92,25 @@ def test_a_hard_negative_that_is_not_distinct_is_left_out():
     out["loss"].backward()  # a -inf logit gives a zero, not a NaN, gradient
     grad = model.encoder_q.fc.weight.grad
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_the_reversed_hard_negative_is_x_o_backwards_in_time_whatever_the_pipeline_shipped():
+    import copy
+
+    torch.manual_seed(0)
+    b, t = 2, 5
+    x_o, x_d, x_h = (torch.rand(b, 3, t, 6, 6) for _ in range(3))  # (B, C, T, H, W), x_o after a^1
+    nobody = torch.zeros(b, dtype=torch.bool)  # the pipeline found no distinct clip: ignored here
+    reversed_ = MoCoBE(TinyConv(), dim=3, queue_size=8, hard_negative="reversed")
+    clip, off = copy.deepcopy(reversed_), copy.deepcopy(reversed_)
+    clip.hard_negative, off.hard_negative = "eq7", "eq6"
+    h, valid = reversed_.hard_negative_clip(x_o, x_h, nobody)
+    assert valid is None and all(torch.equal(h[:, :, i], x_o[:, :, t - 1 - i]) for i in range(t))
+    logits, _ = reversed_.logits(x_o, x_d, x_h, nobody)
+    by_hand, _ = clip.logits(x_o, x_d, x_o.flip(2))  # Eq. (7) with x_o's reverse as x_h
+    assert logits.shape == (b, 2 + 8) and torch.allclose(logits, by_hand)
+    assert torch.allclose(off.logits(x_o, x_d, x_h, nobody)[0], logits[:, [0, *range(2, 10)]])  # Eq. (6): no N2
+    assert "hard_negative_masked" not in reversed_(x_o, x_d, x_h, nobody)  # nothing left out
 
 
 def test_momentum_update():

@@ -13,7 +13,9 @@ from beray.train.checkpoint import STATE_FILE, CheckpointError, carry_state, fin
 from beray.train.launch import fit
 from beray.train.pack import make_pack, member_name, parse_member
 
-NONE, BE = ["be.noise=none"], ["be.noise=intra_frame", "be.gamma=0.5"]
+# Eq. (6) ignores the x_h that the stream carries for the others; reversed makes its own from x_o
+NONE, BE = ["be.noise=none", "method.hard_negative=eq6"], ["be.noise=intra_frame", "be.gamma=0.5",
+                                                          "method.hard_negative=reversed"]
 FAILING = ["method.tau=1e-45"]  # logits / tau overflow to inf: the loss is NaN at the first step
 
 

@@ -24,8 +24,8 @@ def _row(path) -> dict:
     ("moco", Views(hard_negative=True)), ("rotnet", Views()), ("cubic_puzzle", Views()), ("cop", Views(clips=3))])
 def test_each_method_declares_its_views(method, expected):
     assert method_views(load_config(None, [f"method.name={method}"], preset="cpu-tiny")) == expected
-    no_h = load_config(None, ["method.hard_negative=false"], preset="cpu-tiny")
-    assert method_views(no_h) == Views()  # Eq. (6): x_h is neither decoded nor shipped
+    for n in ("eq6", "reversed", "false"):  # one stream for every hard negative: a pack trains them side by side
+        assert method_views(load_config(None, [f"method.hard_negative={n}"], preset="cpu-tiny")) == Views(hard_negative=True)
 
 
 def test_hard_negative_start_is_half_a_span_away_or_none():

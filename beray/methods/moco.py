@@ -52,19 +52,22 @@ class Projection(nn.Module):
 
 class MoCoBE(nn.Module):
     """MoCo + BE. ``logits(x_o, x_d, x_h, h_valid)`` gives logits (B, 1 [+ 1] + K) and labels
-    (all 0), whose cross-entropy is Eq. (7) with temperature ``tau`` (Eq. (6) when
-    ``hard_negative`` is False or ``x_h`` is None); ``forward`` returns that loss.
+    (all 0), whose cross-entropy is Eq. (7) with temperature ``tau``; ``forward`` returns that loss.
+    ``hard_negative`` chooses the negative terms: ``eq7`` (N2 is ``x_h``, another clip of the video;
+    Eq. 6 where it is None), ``eq6`` (Eq. 6) or ``reversed`` (N2 is x_o played backwards, a positive
+    control: only the direction of motion tells it from x_o).
     """
 
     inputs = ("x_o", "x_d", "x_h", "h_valid")  # what ``forward`` takes from a batch
 
     @classmethod
-    def views_for(cls, hard_negative: bool = True, **_) -> Views:
-        """x_o, x_v, and x_h when the hard negative is used."""
-        return Views(hard_negative=hard_negative)
+    def views_for(cls, **_) -> Views:
+        """x_o, x_v and x_h, whatever the hard negative: every MoCo run reads one stream, so that runs
+        that differ in it train side by side in a pack (``eq6`` and ``reversed`` leave x_h unused)."""
+        return Views(hard_negative=True)
 
     def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
-                 tau: float = 0.07, hard_negative: bool = True, distracted_query: bool = False,
+                 tau: float = 0.07, hard_negative: str = "eq7", distracted_query: bool = False,
                  shuffle_bn: bool = True):
         super().__init__()
         self.queue_size, self.momentum, self.tau = queue_size, momentum, tau
@@ -100,12 +103,23 @@ class MoCoBE(nn.Module):
         x, idx_unshuffle = _batch_shuffle_ddp(x)
         return _batch_unshuffle_ddp(self.encoder_k(x), idx_unshuffle)
 
+    def hard_negative_clip(self, x_o: Tensor, x_h: Tensor | None, h_valid: Tensor | None
+                           ) -> tuple[Tensor | None, Tensor | None]:
+        """N2's clip and its mask as ``hard_negative`` chooses them: (None, None) for Eq. 6; x_o (B, C, T, H, W)
+        reversed in time for ``reversed``, never masked."""
+        if self.hard_negative == "eq6" or (self.hard_negative == "eq7" and x_h is None):
+            return None, None
+        if self.hard_negative == "reversed":
+            return x_o.flip(2), None
+        return x_h, h_valid
+
     def logits(self, x_o: Tensor, x_d: Tensor, x_h: Tensor | None = None,
                h_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits [z_o.z_d, (z_o.z_h), z_o.queue] / tau and labels; ``h_valid`` (B,) bool masks x_h.
         The query is z_o (z_d with ``distracted_query``), the key the other one."""
         x_q, x_k = (x_d, x_o) if self.distracted_query else (x_o, x_d)
-        use_h = self.hard_negative and x_h is not None
+        x_h, h_valid = self.hard_negative_clip(x_o, x_h, h_valid)
+        use_h = x_h is not None
         q = self.encoder_q(x_q)
         h = self.encoder_q(x_h) if use_h and self.distracted_query else None
         with torch.no_grad():
@@ -132,7 +146,7 @@ class MoCoBE(nn.Module):
         ``h_valid``, ``hard_negative_masked``: how many samples of the batch had no hard negative."""
         logits, labels = self.logits(x_o, x_d, x_h, h_valid)
         out = {"loss": F.cross_entropy(logits, labels), "acc": (logits.detach().argmax(1) == labels).float().mean()}
-        if h_valid is not None and x_h is not None and self.hard_negative:
+        if h_valid is not None and x_h is not None and self.hard_negative == "eq7":
             out["hard_negative_masked"] = (~h_valid.to(torch.bool)).sum().float()
         return out
 
