@@ -13,9 +13,9 @@ from beray.train.checkpoint import STATE_FILE, CheckpointError, carry_state, fin
 from beray.train.launch import fit
 from beray.train.pack import make_pack, member_name, parse_member
 
+NONE, BE = ["be.noise=none"], ["be.noise=intra_frame", "be.gamma=0.5"]
 # Eq. (6) ignores the x_h that the stream carries for the others; reversed makes its own from x_o
-NONE, BE = ["be.noise=none", "method.hard_negative=eq6"], ["be.noise=intra_frame", "be.gamma=0.5",
-                                                          "method.hard_negative=reversed"]
+EQ6, REVERSED = [*NONE, "method.hard_negative=eq6"], [*BE, "method.hard_negative=reversed"]
 FAILING = ["method.tau=1e-45"]  # logits / tau overflow to inf: the loss is NaN at the first step
 
 
@@ -31,7 +31,7 @@ def _losses(history, member=None) -> list[float]:
 
 def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_failing_one(
         ray_cluster, tiny_synth, tmp_path):
-    members = [NONE, BE, FAILING]
+    members = [EQ6, REVERSED, FAILING]
     first = fit(_cfg(tiny_synth, tmp_path, "pack", 1), members=members)  # stopped after epoch 1 ...
     last = fit(_cfg(tiny_synth, tmp_path, "pack", 2), members=members)  # ... and resumed for epoch 2
     history = first.metrics["history"] + last.metrics["history"]
@@ -39,16 +39,16 @@ def test_a_pack_trains_each_member_as_its_solo_run_resumes_all_and_outlives_a_fa
     failing = member_name(FAILING)
     for h in history:  # failed at its first step, reported with why, and never trained again
         assert failing not in h["members"] and "loss is nan" in h["failed"][failing]
-    for overrides in (NONE, BE):
+    for overrides in (EQ6, REVERSED):
         solo = fit(_cfg(tiny_synth, tmp_path, f"solo-{member_name(overrides)}", 2, overrides))
         # the same seed, the same stream, the same draws: the same losses to every digit
         assert _losses(history, member_name(overrides)) == _losses(solo.metrics["history"])
         # ... from one decoding of each clip for all three members: as many as one run decodes
         assert first.metrics["decode_clips"] + last.metrics["decode_clips"] == solo.metrics["decode_clips"] == 24
-    folder = tmp_path / "pack" / member_name(BE)
+    folder = tmp_path / "pack" / member_name(REVERSED)
     assert load_config(folder / "config.yaml").be.gamma == 0.5
     state = Path(find_state(folder))  # a member's folder reads as a run's: its last checkpoint
-    assert state.parent.name == member_name(BE) and Path(last.checkpoint) == state.parent.parent
+    assert state.parent.name == member_name(REVERSED) and Path(last.checkpoint) == state.parent.parent
     assert json.loads((state.parent.parent / "pack.json").read_text())["failed"].keys() == {failing}
     with pytest.raises(CheckpointError, match=r"failed before its first checkpoint \(loss is nan at epoch 1"):
         find_state(tmp_path / "pack" / failing)  # it never had a good state
