@@ -100,11 +100,11 @@ class MethodConfig(_Section):
     num_classes: int | None = Field(None, ge=2)  # finetune only: the dataset's classes
     dropout: float = Field(0.5, ge=0.0, lt=1.0)  # finetune only: before the new FC layer
 
-
     @field_validator("hard_negative", mode="before")
     @classmethod
     def _hard_negative_of_a_bool(cls, v: Any) -> Any:
         return {True: "eq7", False: "eq6"}[v] if isinstance(v, bool) else v  # configs and checkpoints saved before
+
 
 class ModelConfig(_Section):
     backbone: str = "i3d"  # the paper's MoCo+BE backbone (Tables 1, 4)

@@ -100,8 +100,6 @@ def pin_data_coordinator() -> None:
             scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
 
 
-
-
 def holders() -> list[tuple[str, str, dict[str, float]]]:
     """What holds the cluster's CPUs and GPUs, from Ray's state API: (kind, name, resources) of each running task
     (kind ``task FUNCTION``) and live actor (``actor CLASS``) that asks for any, and of each placement group that is
@@ -130,6 +128,7 @@ def holders() -> list[tuple[str, str, dict[str, float]]]:
                     total[k] = total.get(k, 0) + v
             out.append(("placement group", p.name or p.placement_group_id, total))
     return [(kind, name, res) for kind, name, res in out if res]
+
 
 def describe_holders(most: int = 6) -> str:
     """One line: the cluster's free CPUs (and GPUs), and what holds the rest, by kind (``holders``)."""

@@ -31,7 +31,8 @@ def _dry_run(sweep) -> None:
           f"({cfg.data.root or 'generated'}), {cfg.model.backbone} x{cfg.model.width}, {cfg.optim.epochs} epochs")
     say(f"each trial: {r.workers} Train worker(s) x ({r.cpus_per_worker} CPU"
           + (f", {r.gpus_per_worker} GPU" if r.gpus_per_worker else "") + f"), holding {held:g} CPU(s)"
-          + (f" and {gpus:g} GPU(s)" if gpus else "") + f" plus room for {r.decode_tasks} decode task(s) of {decode:g} CPU(s)")
+          + (f" and {gpus:g} GPU(s)" if gpus else "")
+          + f" plus room for {r.decode_tasks} decode task(s) of {decode:g} CPU(s)")
     _dry_bound(sweep, (len(sweep.packs(trials)) if sweep.packed else len(trials)) if trials
                else sweep.search.samples * len(sweep.seed_list))
     if cfg.data.root and not os.path.exists(os.path.expanduser(cfg.data.root)):
